@@ -9,6 +9,8 @@ Extras:
 torch is not listed as a hard requirement so that pip never replaces an installed (CPU or CUDA) torch.
 """
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 OFFLINE = [
@@ -52,6 +54,9 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/flashocc_ros"]),
         ("share/flashocc_ros", ["package.xml"]),
+        ("share/flashocc_ros/msg", sorted(glob("msg/*.msg"))),
+        ("share/flashocc_ros/config", sorted(glob("config/*.*"))),
+        ("share/flashocc_ros/launch", sorted(glob("launch/*.py"))),
     ],
     entry_points={
         "console_scripts": [
