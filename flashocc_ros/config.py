@@ -229,7 +229,7 @@ class CameraConfig:
     names: list[str] = field(default_factory=lambda: list(CAMERA_NAMES))
     transport: str = "compressed"
     # Topic patterns; "{camera}" is replaced by the camera name.
-    image_topic: str = "/{camera}/image_rect_compressed"
+    image_topic: str = "/{camera}/image/compressed"  # image_transport naming; raw transport: "/{camera}/image"
     info_topic: str = "/{camera}/camera_info"
     # Optional calibration YAML for a fixed rig (intrinsics + camera->ego); empty = CameraInfo + TF.
     calibration_file: str = ""

@@ -88,7 +88,7 @@ def test_validation_errors_name_key_and_value(overrides, message):
 def test_camera_topics_follow_pattern():
     topics = C.CameraConfig().topics()
     assert [t[0] for t in topics] == list(C.CAMERA_NAMES)
-    assert topics[0][1] == "/CAM_FRONT_LEFT/image_rect_compressed"
+    assert topics[0][1] == "/CAM_FRONT_LEFT/image/compressed"
     assert topics[0][2] == "/CAM_FRONT_LEFT/camera_info"
 
 
