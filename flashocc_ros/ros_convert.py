@@ -1,0 +1,296 @@
+"""numpy <-> ROS message conversion for flashocc_node (no rclpy import).
+
+The array work (voxel selection, point records, K checks, image views) is plain numpy and testable without ROS;
+message classes (sensor_msgs, visualization_msgs, flashocc_ros.msg) are imported lazily inside the functions
+that build messages. Bulk fields are assigned as bytes / array.array, never as numpy arrays (numpy assignment
+to uint8[]/uint16[] fields costs ~100x more, see ENVIRONMENT.md).
+"""
+
+from __future__ import annotations
+
+import array
+from typing import Any
+
+import numpy as np
+
+from flashocc_ros.config import CLASS_NAMES, FIRST_INSTANCE_ID, FREE_INDEX, OCC_GRID, GridSpec
+from flashocc_ros.tf_tree import check_intrinsics
+from flashocc_ros.viz.colors import CLASS_PALETTE, panoptic_colors
+
+
+class BadInput(ValueError):
+    """An input message cannot be used; the message says which field and value."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Occupancy grids
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_grid(name: str, grid: np.ndarray, spec: GridSpec) -> None:
+    if tuple(grid.shape) != tuple(spec.shape):
+        raise ValueError(f"{name} grid has shape {tuple(grid.shape)}, expected {spec.shape}")
+
+
+def fill_semantic_msg(msg: Any, semantic: np.ndarray, header: Any, source: str, spec: GridSpec = OCC_GRID) -> Any:
+    """Fill a flashocc_ros/SemanticOccupancy from a (200,200,16) uint8 [ix,iy,iz] grid."""
+    _check_grid("semantic", semantic, spec)
+    msg.header = header
+    msg.origin.x, msg.origin.y, msg.origin.z = (float(v) for v in spec.lower)
+    msg.voxel_size.x = msg.voxel_size.y = msg.voxel_size.z = float(spec.voxel_size)
+    msg.size_x, msg.size_y, msg.size_z = (int(v) for v in spec.shape)
+    msg.class_names = list(CLASS_NAMES)
+    msg.free_index = FREE_INDEX
+    msg.labels = np.ascontiguousarray(semantic, dtype=np.uint8).tobytes()
+    msg.source = source
+    return msg
+
+
+def semantic_to_msg(semantic: np.ndarray, header: Any, source: str, spec: GridSpec = OCC_GRID) -> Any:
+    from flashocc_ros.msg import SemanticOccupancy
+
+    return fill_semantic_msg(SemanticOccupancy(), semantic, header, source, spec)
+
+
+def msg_to_semantic(msg: Any) -> np.ndarray:
+    """SemanticOccupancy -> (size_x, size_y, size_z) uint8 array (a copy)."""
+    shape = (int(msg.size_x), int(msg.size_y), int(msg.size_z))
+    labels = np.frombuffer(msg.labels, dtype=np.uint8)
+    if labels.size != shape[0] * shape[1] * shape[2]:
+        raise BadInput(f"SemanticOccupancy.labels has {labels.size} entries, size_x*size_y*size_z = {shape}")
+    return labels.reshape(shape).copy()
+
+
+def panoptic_to_msg(
+    semantic: np.ndarray,
+    panoptic: np.ndarray,
+    instances: Any,
+    header: Any,
+    source: str,
+    mode: str,
+    spec: GridSpec = OCC_GRID,
+) -> Any:
+    """flashocc_ros/PanopticOccupancy from the semantic grid, the int32 panoptic grid and an InstanceTable."""
+    from flashocc_ros.msg import OccupancyInstance, PanopticOccupancy
+
+    _check_grid("panoptic", panoptic, spec)
+    msg = PanopticOccupancy()
+    fill_semantic_msg(msg.semantic, semantic, header, source, spec)
+    msg.mode = mode
+    pano = np.asarray(panoptic)
+    if pano.size and (int(pano.min()) < 0 or int(pano.max()) > 0xFFFF):
+        raise ValueError(f"panoptic ids must lie in [0, 65535], got [{int(pano.min())}, {int(pano.max())}]")
+    buf = array.array("H")
+    buf.frombytes(np.ascontiguousarray(pano, dtype=np.uint16).tobytes())
+    msg.panoptic = buf
+    if instances is not None:
+        ids = np.asarray(instances.id).reshape(-1)
+        classes = np.asarray(instances.occ_class).reshape(-1)
+        centers = np.asarray(instances.center_xyz, dtype=np.float64).reshape(-1, 3)
+        scores = np.asarray(instances.score, dtype=np.float64).reshape(-1)
+        counts = np.asarray(instances.voxel_count).reshape(-1)
+        items = []
+        for k in range(ids.size):
+            item = OccupancyInstance()
+            item.id = int(ids[k])
+            item.class_index = int(classes[k])
+            item.center.x, item.center.y, item.center.z = (float(v) for v in centers[k])
+            item.score = float(scores[k])
+            item.voxel_count = int(counts[k])
+            items.append(item)
+        msg.instances = items
+    return msg
+
+
+def msg_to_panoptic(msg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """PanopticOccupancy -> (semantic uint8, panoptic int32), both (size_x, size_y, size_z)."""
+    semantic = msg_to_semantic(msg.semantic)
+    pano = np.frombuffer(msg.panoptic, dtype=np.uint16)
+    if pano.size != semantic.size:
+        raise BadInput(f"PanopticOccupancy.panoptic has {pano.size} entries, expected {semantic.size}")
+    return semantic, pano.reshape(semantic.shape).astype(np.int32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Point cloud of non-free voxels
+# --------------------------------------------------------------------------------------------------------------
+
+# x, y, z, rgb (RViz convention: float32 holding 0x00RRGGBB bits), label, instance (0 = none).
+POINT_DTYPE = np.dtype(
+    [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4"), ("label", "<u2"), ("instance", "<u2")]
+)
+
+
+def occupied_points(semantic: np.ndarray, panoptic: np.ndarray | None = None, spec: GridSpec = OCC_GRID) -> np.ndarray:
+    """Structured array (POINT_DTYPE) with one record per non-free voxel centre, in [ix,iy,iz] C order.
+
+    Colour: class colour, or instance colour for voxels with an instance id when `panoptic` is given.
+    """
+    _check_grid("semantic", semantic, spec)
+    ix, iy, iz = np.nonzero(semantic != FREE_INDEX)
+    pts = np.empty(ix.size, dtype=POINT_DTYPE)
+    cx, cy, cz = spec.voxel_center(ix, iy, iz)
+    pts["x"], pts["y"], pts["z"] = cx, cy, cz
+    labels = semantic[ix, iy, iz]
+    pts["label"] = labels
+    if panoptic is not None:
+        _check_grid("panoptic", panoptic, spec)
+        ids = np.asarray(panoptic)[ix, iy, iz]
+        pts["instance"] = np.where(ids >= FIRST_INSTANCE_ID, ids, 0)
+        rgb = panoptic_colors(ids)
+    else:
+        pts["instance"] = 0
+        rgb = CLASS_PALETTE[labels.astype(np.intp)]
+    rgb = rgb.astype(np.uint32)
+    pts["rgb"] = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    return pts
+
+
+def pointcloud2_msg(points: np.ndarray, header: Any) -> Any:
+    """sensor_msgs/PointCloud2 (unordered, height 1) from a POINT_DTYPE structured array."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    kinds = {"<f4": PointField.FLOAT32, "<u4": PointField.FLOAT32, "<u2": PointField.UINT16}
+    msg = PointCloud2()
+    msg.header = header
+    msg.height = 1
+    msg.width = int(points.size)
+    msg.fields = [
+        PointField(name=name, offset=int(POINT_DTYPE.fields[name][1]), datatype=kinds[POINT_DTYPE[name].str], count=1)
+        for name in POINT_DTYPE.names
+    ]
+    msg.is_bigendian = False
+    msg.point_step = POINT_DTYPE.itemsize
+    msg.row_step = msg.point_step * msg.width
+    msg.is_dense = True
+    msg.data = np.ascontiguousarray(points, dtype=POINT_DTYPE).tobytes()
+    return msg
+
+
+def pointcloud2_to_points(msg: Any) -> np.ndarray:
+    """Inverse of `pointcloud2_msg` (for tests and tools)."""
+    if msg.point_step != POINT_DTYPE.itemsize or [f.name for f in msg.fields] != list(POINT_DTYPE.names):
+        raise BadInput(f"PointCloud2 layout {[f.name for f in msg.fields]} is not the occupancy point layout")
+    return np.frombuffer(msg.data, dtype=POINT_DTYPE).copy()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Markers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def marker_voxels(semantic: np.ndarray, max_markers: int, spec: GridSpec = OCC_GRID) -> dict[int, np.ndarray]:
+    """{class index: (K,3) float64 voxel centres} of non-free voxels, at most `max_markers` in total.
+
+    When there are more, an even stride over all occupied voxels keeps every class represented in proportion.
+    """
+    _check_grid("semantic", semantic, spec)
+    ix, iy, iz = np.nonzero(semantic != FREE_INDEX)
+    n = ix.size
+    if max_markers <= 0 or n == 0:
+        return {}
+    if n > max_markers:
+        keep = np.linspace(0, n - 1, max_markers).astype(np.intp)
+        ix, iy, iz = ix[keep], iy[keep], iz[keep]
+    labels = semantic[ix, iy, iz]
+    centres = np.stack(spec.voxel_center(ix, iy, iz), axis=1)
+    return {int(c): centres[labels == c] for c in np.unique(labels)}
+
+
+def marker_array_msg(semantic: np.ndarray, header: Any, max_markers: int, ns: str = "occupancy") -> Any:
+    """visualization_msgs/MarkerArray: a DELETEALL marker, then one CUBE_LIST per present class (capped)."""
+    from geometry_msgs.msg import Point
+    from std_msgs.msg import ColorRGBA
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    out = MarkerArray()
+    clear = Marker()
+    clear.header = header
+    clear.ns = ns
+    clear.action = Marker.DELETEALL
+    markers = [clear]
+    size = float(OCC_GRID.voxel_size)
+    for cls, centres in marker_voxels(semantic, max_markers).items():
+        m = Marker()
+        m.header = header
+        m.ns = ns
+        m.id = cls
+        m.type = Marker.CUBE_LIST
+        m.action = Marker.ADD
+        m.pose.orientation.w = 1.0
+        m.scale.x = m.scale.y = m.scale.z = size
+        r, g, b = (float(v) / 255.0 for v in CLASS_PALETTE[cls])
+        m.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
+        m.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in centres.tolist()]
+        markers.append(m)
+    out.markers = markers
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Camera inputs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def camera_info_intrinsics(k: Any, width: int, height: int, topic: str = "camera_info") -> np.ndarray:
+    """CameraInfo.k (9 numbers, row-major) -> validated (3,3) float64 K; BadInput names the topic and value."""
+    K = np.asarray(list(k), dtype=np.float64)
+    if K.size != 9:
+        raise BadInput(f"{topic}: k has {K.size} values, expected 9")
+    K = K.reshape(3, 3)
+    if not np.any(K):
+        raise BadInput(f"{topic}: K is all zeros (uncalibrated camera)")
+    try:
+        check_intrinsics(K)
+    except ValueError as exc:
+        raise BadInput(f"{topic}: {exc}") from exc
+    if width <= 0 or height <= 0:
+        raise BadInput(f"{topic}: image size {width}x{height} is not positive")
+    return K
+
+
+def check_image_size(topic: str, width: int, height: int, info_wh: tuple[int, int]) -> None:
+    if (width, height) != tuple(info_wh):
+        raise BadInput(f"{topic}: image is {width}x{height} but its CameraInfo says {info_wh[0]}x{info_wh[1]}")
+
+
+RAW_ENCODINGS = ("rgb8", "bgr8")
+
+
+def image_to_rgb(msg: Any, topic: str = "image") -> np.ndarray:
+    """sensor_msgs/Image rgb8/bgr8 -> HxWx3 uint8 RGB view of msg.data (no copy; bgr8 is a reversed-channel view)."""
+    if msg.encoding not in RAW_ENCODINGS:
+        raise BadInput(f"{topic}: encoding {msg.encoding!r} is not supported (use {' or '.join(RAW_ENCODINGS)})")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise BadInput(f"{topic}: image size {w}x{h} is not positive")
+    if step < 3 * w:
+        raise BadInput(f"{topic}: step {step} is smaller than 3*width = {3 * w}")
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size < step * h:
+        raise BadInput(f"{topic}: data has {data.size} bytes, expected step*height = {step * h}")
+    img = data[: step * h].reshape(h, step)[:, : 3 * w].reshape(h, w, 3)
+    return img[..., ::-1] if msg.encoding == "bgr8" else img
+
+
+def compressed_jpeg_bytes(msg: Any, topic: str = "image") -> bytes:
+    """sensor_msgs/CompressedImage -> JPEG bytes; BadInput for non-JPEG formats or empty data."""
+    fmt = (msg.format or "").lower()
+    if fmt and "jpeg" not in fmt and "jpg" not in fmt:
+        raise BadInput(f"{topic}: format {msg.format!r} is not JPEG")
+    data = msg.data
+    raw = data.tobytes() if hasattr(data, "tobytes") else bytes(data)
+    if len(raw) < 4 or raw[:2] != b"\xff\xd8":
+        raise BadInput(f"{topic}: data ({len(raw)} bytes) is not a JPEG stream (no SOI marker)")
+    return raw
+
+
+def jpeg_size(data: bytes, topic: str = "image") -> tuple[int, int]:
+    """(width, height) from the JPEG header; BadInput for a corrupt header."""
+    import simplejpeg
+
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+    except (ValueError, RuntimeError) as exc:
+        raise BadInput(f"{topic}: corrupt JPEG header ({exc})") from exc
+    return int(w), int(h)

@@ -1,0 +1,319 @@
+"""Approximate-time assembly of six-camera sets, and a latest-wins hand-off slot (no ROS import).
+
+Written here rather than using message_filters because message_filters is not on PyPI (the pip-only ROS install
+has no ApproximateTimeSynchronizer) and the node needs counters, a max spread and bag-loop resets it lacks.
+
+Matching rule: a set holds one frame per stream and is chosen to minimise the spread (latest - earliest stamp)
+among the queued frames, subject to spread <= max_spread. A set is emitted as soon as no future frame could
+improve it: every stream has either already received a frame at or after the set's latest stamp, or its next
+frame is expected (from its measured period) after that stamp. So a regular 12 Hz rig is emitted when the last
+camera of the sweep arrives, without waiting for the next sweep.
+"""
+
+from __future__ import annotations
+
+import collections
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+NS_PER_MS = 1_000_000
+
+
+@dataclass
+class Frame:
+    """One received image: stream index, header stamp (ns), opaque payload, monotonic receipt time (s)."""
+
+    stream: int
+    stamp_ns: int
+    payload: Any
+    received: float
+
+
+@dataclass
+class CameraSet:
+    """One complete set, frames in stream order; `stamp_ns` is the key stream's stamp."""
+
+    frames: list[Frame]
+    key_index: int = 0
+
+    @property
+    def stamp_ns(self) -> int:
+        return self.frames[self.key_index].stamp_ns
+
+    @property
+    def spread_ns(self) -> int:
+        stamps = [f.stamp_ns for f in self.frames]
+        return max(stamps) - min(stamps)
+
+    @property
+    def completed_at(self) -> float:
+        """Monotonic time at which the last frame of the set was received."""
+        return max(f.received for f in self.frames)
+
+
+@dataclass
+class SyncCounters:
+    sets_complete: int = 0
+    sets_incomplete: int = 0  # key frames discarded without a complete set (camera missing / outside spread)
+    frames_out_of_order: int = 0  # a stream's stamp slightly older than its previous one: dropped
+    frames_duplicate: int = 0  # same stamp twice on one stream: dropped
+    frames_stale_after_reset: int = 0  # old-timeline frames still in flight after a reset: dropped
+    resets: int = 0  # time went backwards (bag loop, sim-time restart): state cleared
+
+
+@dataclass
+class AddResult:
+    """What one `add` produced: complete sets (oldest first) and whether time went backwards."""
+
+    sets: list[CameraSet] = field(default_factory=list)
+    reset: bool = False
+    dropped_reason: str = ""  # "", "duplicate", "out_of_order", "stale_after_reset"
+
+
+class _Stream:
+    def __init__(self, queue_size: int):
+        self.queue: collections.deque[Frame] = collections.deque()
+        self.queue_size = queue_size
+        self.last_stamp_ns: int | None = None
+        self.gaps: collections.deque[int] = collections.deque(maxlen=8)
+        self.last_received: float | None = None
+        # After a reset triggered by another stream: stamps >= this belong to the old timeline (in flight).
+        self.stale_from_ns: int | None = None
+        self.stale_dropped = 0
+
+    def period_ns(self) -> int | None:
+        return int(statistics.median(self.gaps)) if self.gaps else None
+
+
+class ApproximateTimeSync:
+    """Assembles sets of `num_streams` frames whose stamps lie within `max_spread_ns`.
+
+    Not thread-safe: the caller serialises `add` (the node calls it from its executor thread under a lock).
+    """
+
+    # A stream's next frame is assumed to come no sooner than this fraction of its median period.
+    PERIOD_MARGIN = 0.75
+    # Give up waiting for in-flight old-timeline frames after this many of them on one stream.
+    MAX_STALE_FRAMES = 16
+
+    def __init__(self, num_streams: int, max_spread_ns: int, queue_size: int = 4, key_index: int = 0):
+        if num_streams < 1:
+            raise ValueError(f"num_streams must be >= 1, got {num_streams}")
+        if max_spread_ns <= 0:
+            raise ValueError(f"max_spread_ns must be > 0, got {max_spread_ns}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if not 0 <= key_index < num_streams:
+            raise ValueError(f"key_index {key_index} outside [0, {num_streams})")
+        self.num_streams = num_streams
+        self.max_spread_ns = int(max_spread_ns)
+        self.queue_size = queue_size
+        self.key_index = key_index
+        self.counters = SyncCounters()
+        self._streams = [_Stream(queue_size) for _ in range(num_streams)]
+
+    # ----------------------------------------------------------------------------------------------------------
+    def set_max_spread_ns(self, max_spread_ns: int) -> None:
+        if max_spread_ns <= 0:
+            raise ValueError(f"max_spread_ns must be > 0, got {max_spread_ns}")
+        self.max_spread_ns = int(max_spread_ns)
+
+    def last_received(self, stream: int) -> float | None:
+        """Monotonic receipt time of the stream's last accepted frame (None: nothing yet)."""
+        return self._streams[stream].last_received
+
+    def pending(self) -> list[int]:
+        """Number of queued frames per stream."""
+        return [len(s.queue) for s in self._streams]
+
+    def reset(self) -> None:
+        """Forget all queued frames and timing history (counters are kept)."""
+        for s in self._streams:
+            s.queue.clear()
+            s.last_stamp_ns = None
+            s.gaps.clear()
+            s.stale_from_ns = None
+            s.stale_dropped = 0
+
+    # ----------------------------------------------------------------------------------------------------------
+    def add(self, stream: int, stamp_ns: int, payload: Any, received: float | None = None) -> AddResult:
+        """Queue one frame; return the sets it completed (usually none or one)."""
+        if not 0 <= stream < self.num_streams:
+            raise ValueError(f"stream {stream} outside [0, {self.num_streams})")
+        received = time.monotonic() if received is None else received
+        result = AddResult()
+        s = self._streams[stream]
+
+        if s.stale_from_ns is not None:
+            if stamp_ns >= s.stale_from_ns and s.stale_dropped < self.MAX_STALE_FRAMES:
+                s.stale_dropped += 1
+                self.counters.frames_stale_after_reset += 1
+                result.dropped_reason = "stale_after_reset"
+                return result
+            s.stale_from_ns = None
+            s.stale_dropped = 0
+
+        if s.last_stamp_ns is not None:
+            if stamp_ns == s.last_stamp_ns:
+                self.counters.frames_duplicate += 1
+                result.dropped_reason = "duplicate"
+                return result
+            if stamp_ns < s.last_stamp_ns:
+                if s.last_stamp_ns - stamp_ns <= self.max_spread_ns:
+                    self.counters.frames_out_of_order += 1
+                    result.dropped_reason = "out_of_order"
+                    return result
+                self._reset_for_backwards_jump(stream)
+                result.reset = True
+            else:
+                s.gaps.append(stamp_ns - s.last_stamp_ns)
+
+        s.last_stamp_ns = stamp_ns
+        s.last_received = received
+        s.queue.append(Frame(stream, stamp_ns, payload, received))
+        while len(s.queue) > self.queue_size:
+            s.queue.popleft()
+            if stream == self.key_index:
+                self.counters.sets_incomplete += 1
+        result.sets = self._emit_ready()
+        return result
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _reset_for_backwards_jump(self, stream: int) -> None:
+        self.counters.resets += 1
+        old_last = [s.last_stamp_ns for s in self._streams]
+        self.reset()
+        for i, s in enumerate(self._streams):
+            if i != stream and old_last[i] is not None:
+                # Frames of other streams continuing the old timeline may still be in flight: drop them until the
+                # stream, too, jumps back (or after MAX_STALE_FRAMES, in case only one stream's clock moved).
+                s.stale_from_ns = old_last[i] - self.max_spread_ns
+
+    def _best_set_for_key(self, key: Frame) -> list[Frame] | None:
+        """Minimum-spread choice of one frame per stream containing `key`, or None if no choice fits max_spread."""
+        lo_candidates = {key.stamp_ns}
+        for i, s in enumerate(self._streams):
+            if i == self.key_index:
+                continue
+            for f in s.queue:
+                if key.stamp_ns - self.max_spread_ns <= f.stamp_ns <= key.stamp_ns:
+                    lo_candidates.add(f.stamp_ns)
+        best: tuple[int, list[Frame]] | None = None
+        for lo in sorted(lo_candidates):
+            chosen: list[Frame] = []
+            for i, s in enumerate(self._streams):
+                if i == self.key_index:
+                    chosen.append(key)
+                    continue
+                frame = next((f for f in s.queue if f.stamp_ns >= lo), None)
+                if frame is None:
+                    break
+                chosen.append(frame)
+            else:
+                spread = max(f.stamp_ns for f in chosen) - lo
+                if spread <= self.max_spread_ns and (best is None or spread < best[0]):
+                    best = (spread, chosen)
+        return None if best is None else best[1]
+
+    def _is_final(self, chosen: list[Frame]) -> bool:
+        """True if no frame still to come can enter the set's window [min, max] and improve it."""
+        hi = max(f.stamp_ns for f in chosen)
+        for s in self._streams:
+            last = s.last_stamp_ns
+            if last is None:
+                return False
+            if last >= hi:
+                continue
+            period = s.period_ns()
+            next_earliest = last + int(self.PERIOD_MARGIN * period) if period else last + self.max_spread_ns
+            if next_earliest <= hi:
+                return False
+        return True
+
+    def _is_hopeless(self, key: Frame, chosen: list[Frame] | None) -> bool:
+        """True if no frame still to come can complete a set with `key` (streams arrive in stamp order)."""
+        lo, hi = key.stamp_ns - self.max_spread_ns, key.stamp_ns + self.max_spread_ns
+        all_past = True
+        for s in self._streams:
+            past = s.last_stamp_ns is not None and s.last_stamp_ns > hi
+            all_past = all_past and past
+            if past and not any(lo <= f.stamp_ns <= hi for f in s.queue):
+                return True
+        return chosen is None and all_past
+
+    def _emit_ready(self) -> list[CameraSet]:
+        out: list[CameraSet] = []
+        key_queue = self._streams[self.key_index].queue
+        while key_queue and self._is_hopeless(key_queue[0], self._best_set_for_key(key_queue[0])):
+            key_queue.popleft()
+            self.counters.sets_incomplete += 1
+        progressed = True
+        while progressed and key_queue:
+            progressed = False
+            for key in list(key_queue):
+                chosen = self._best_set_for_key(key)
+                if chosen is None or not self._is_final(chosen):
+                    continue
+                # Emit; older key frames can no longer complete (their partners are consumed or older).
+                while key_queue and key_queue[0] is not key:
+                    key_queue.popleft()
+                    self.counters.sets_incomplete += 1
+                for i, frame in enumerate(chosen):
+                    q = self._streams[i].queue
+                    while q and q[0].stamp_ns <= frame.stamp_ns:
+                        q.popleft()
+                self.counters.sets_complete += 1
+                out.append(CameraSet(chosen, self.key_index))
+                progressed = True
+                break
+        return out
+
+
+T = TypeVar("T")
+
+
+class LatestSlot(Generic[T]):
+    """A one-element hand-off between the subscription callbacks and the worker: a newer item replaces a
+    waiting one (latest wins), so the worker always processes the freshest set and latency stays bounded."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: T | None = None
+        self._closed = False
+        self.replaced = 0
+
+    def put(self, item: T) -> bool:
+        """Store `item`; True if it replaced one that was still waiting."""
+        with self._cond:
+            replaced = self._item is not None
+            if replaced:
+                self.replaced += 1
+            self._item = item
+            self._cond.notify()
+            return replaced
+
+    def get(self, timeout: float | None = None) -> T | None:
+        """Take the waiting item, blocking up to `timeout` s; None on timeout or when closed."""
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def clear(self) -> bool:
+        with self._cond:
+            had = self._item is not None
+            self._item = None
+            return had
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -1,0 +1,130 @@
+"""Approximate-time six-camera set assembly and the latest-wins slot (pure, no ROS)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from flashocc_ros.sync import ApproximateTimeSync, LatestSlot
+
+MS = 1_000_000
+# Offsets (ms) of the six nuScenes cameras inside one sweep: spread ~45 ms, key camera not first.
+OFFSETS_MS = [37, 0, 8, 45, 25, 17]
+PERIOD_MS = 83
+
+
+def feed_sweeps(sync, n_sweeps, start_ms=1_000_000, period_ms=PERIOD_MS, offsets=OFFSETS_MS, skip=()):
+    """Feed frames in stamp order (as a bag replay does); return all emitted sets."""
+    events = []
+    for k in range(n_sweeps):
+        for cam, off in enumerate(offsets):
+            if (k, cam) in skip:
+                continue
+            events.append(((start_ms + k * period_ms + off) * MS, cam, k))
+    events.sort()
+    sets = []
+    for stamp, cam, k in events:
+        sets += sync.add(cam, stamp, payload=(k, cam)).sets
+    return sets
+
+
+def test_regular_rig_emits_every_sweep_with_matching_frames():
+    sync = ApproximateTimeSync(6, 60 * MS, queue_size=4)
+    sets = feed_sweeps(sync, 10)
+    assert len(sets) == 10
+    for k, s in enumerate(sets):
+        assert [f.payload for f in s.frames] == [(k, cam) for cam in range(6)]
+        assert s.stamp_ns == (1_000_000 + k * PERIOD_MS + OFFSETS_MS[0]) * MS
+        assert s.spread_ns == 45 * MS
+    assert sync.counters.sets_complete == 10 and sync.counters.sets_incomplete == 0
+
+
+def test_set_emitted_when_last_camera_of_sweep_arrives_not_one_sweep_later():
+    sync = ApproximateTimeSync(6, 60 * MS)
+    feed_sweeps(sync, 3)  # learn the period
+    base = 1_000_000 + 3 * PERIOD_MS
+    order = sorted(range(6), key=lambda c: OFFSETS_MS[c])
+    for i, cam in enumerate(order):
+        sets = sync.add(cam, (base + OFFSETS_MS[cam]) * MS, payload=(3, cam)).sets
+        assert len(sets) == (1 if i == 5 else 0)
+
+
+def test_missing_camera_counts_incomplete_and_recovers():
+    sync = ApproximateTimeSync(6, 60 * MS, queue_size=3)
+    sets = feed_sweeps(sync, 8, skip={(k, 4) for k in range(2, 5)})  # CAM_BACK silent for 3 sweeps
+    got = sorted(s.frames[0].payload[0] for s in sets)
+    assert got == [0, 1, 5, 6, 7]
+    assert sync.counters.sets_incomplete == 3
+
+
+def test_spread_larger_than_max_is_not_a_set():
+    sync = ApproximateTimeSync(6, 30 * MS)
+    assert feed_sweeps(sync, 4) == []  # 45 ms sweeps never fit 30 ms
+    assert sync.counters.sets_incomplete >= 1
+    assert all(n <= sync.queue_size for n in sync.pending())
+
+
+def test_queues_are_bounded():
+    sync = ApproximateTimeSync(6, 60 * MS, queue_size=2)
+    for k in range(50):
+        sync.add(0, (1000 + k * 100) * MS, None)  # only the key camera publishes
+    assert sync.pending() == [2, 0, 0, 0, 0, 0]
+    assert sync.counters.sets_incomplete == 48
+
+
+def test_duplicate_and_slightly_out_of_order_frames_are_dropped():
+    sync = ApproximateTimeSync(6, 60 * MS)
+    assert sync.add(1, 1000 * MS, None).dropped_reason == ""
+    assert sync.add(1, 1000 * MS, None).dropped_reason == "duplicate"
+    assert sync.add(1, 990 * MS, None).dropped_reason == "out_of_order"
+    assert sync.counters.frames_duplicate == 1 and sync.counters.frames_out_of_order == 1
+
+
+def test_time_going_backwards_resets_and_matches_the_new_timeline():
+    sync = ApproximateTimeSync(6, 60 * MS)
+    first = feed_sweeps(sync, 5, start_ms=5_000_000)
+    assert len(first) == 5
+    # Bag loop: the key camera's next frame jumps back 100 s; frames of the old timeline still in flight on
+    # another camera must not poison the new timeline.
+    r = sync.add(0, (5_000_000 - 100_000 + OFFSETS_MS[0]) * MS, payload=("new", 0))
+    assert r.reset and sync.counters.resets == 1
+    stale = sync.add(3, (5_000_000 + 5 * PERIOD_MS + OFFSETS_MS[3]) * MS, payload=("old", 3))
+    assert stale.dropped_reason == "stale_after_reset"
+    sets = feed_sweeps(sync, 3, start_ms=5_000_000 - 100_000)
+    assert len(sets) >= 2
+    assert all(f.payload[0] != "old" for s in sets for f in s.frames)
+    assert sync.counters.resets == 1
+
+
+def test_first_frames_without_period_use_spread_bound():
+    sync = ApproximateTimeSync(6, 80 * MS)
+    sets = []
+    for cam in range(6):
+        sets += sync.add(cam, 10_000 * MS, payload=cam).sets  # identical stamps (synthetic rig)
+    assert len(sets) == 1 and sets[0].spread_ns == 0
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="max_spread_ns"):
+        ApproximateTimeSync(6, 0)
+    with pytest.raises(ValueError, match="queue_size"):
+        ApproximateTimeSync(6, MS, queue_size=0)
+    with pytest.raises(ValueError, match="stream 6"):
+        ApproximateTimeSync(6, MS).add(6, 0, None)
+
+
+def test_latest_slot_replaces_waiting_item_and_wakes_consumer():
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True
+    assert slot.get(timeout=0.1) == 2 and slot.replaced == 1
+    assert slot.get(timeout=0.01) is None
+    got = []
+    t = threading.Thread(target=lambda: got.append(slot.get(timeout=5)))
+    t.start()
+    slot.put(3)
+    t.join(5)
+    assert got == [3]
+    slot.close()
+    assert slot.get(timeout=5) is None
