@@ -1,0 +1,268 @@
+"""Load occupancy grids to look at: prediction files, Occ3D ground truth, folders of them, and recorded bags.
+
+File layouts (SPEC section 11 and the prediction layout of the eval tools):
+  prediction   `<sample_token>.npz`: `pred` (200,200,16) uint8 class indices, optional `inst` (200,200,16) int32
+               panoptic ids (>= 18 instance id, < 18 class index);
+  ground truth Occ3D `gts/<scene>/<sample_token>/labels.npz`: `semantics` (200,200,16) uint8, `mask_camera`,
+               `mask_lidar` (200,200,16) 0/1, optional panoptic `instances`.
+A corrupt file, a missing key, a wrong shape or an out-of-range label raises `OccupancyFileError` naming the file,
+the key and the problem.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from flashocc_ros.config import CAMERA_NAMES, NUM_CLASSES, OCC_GRID
+
+PRED_KEY, INST_KEY = "pred", "inst"
+GT_KEY, GT_INST_KEY = "semantics", "instances"
+MASK_KEYS = ("mask_camera", "mask_lidar")
+
+
+class OccupancyFileError(ValueError):
+    """An occupancy input (file, folder or bag) cannot be used; the message names the input and the problem."""
+
+
+@dataclass
+class OccupancyFrame:
+    """One occupancy grid with what belongs to it."""
+
+    semantic: np.ndarray  # (X,Y,Z) uint8 class indices [ix, iy, iz]
+    name: str  # sample token, file stem or bag frame name (used to pair predictions with ground truth)
+    source: str  # where it came from (file path or bag:topic#index)
+    kind: str = "prediction"  # "prediction" or "ground_truth"
+    panoptic: np.ndarray | None = None  # (X,Y,Z) int32 panoptic ids, or None
+    mask_camera: np.ndarray | None = None  # (X,Y,Z) bool, or None
+    mask_lidar: np.ndarray | None = None  # (X,Y,Z) bool, or None
+    stamp_ns: int | None = None  # message stamp for bag frames
+    images: list[np.ndarray] | None = field(default=None, repr=False)  # six RGB uint8 in CAMERA_NAMES order
+
+    def with_images(self, images: list[np.ndarray] | None) -> OccupancyFrame:
+        return replace(self, images=images)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_labels(array: np.ndarray, where: str, shape: tuple[int, ...] = OCC_GRID.shape) -> np.ndarray:
+    """A class-index grid as uint8, or OccupancyFileError naming `where` (e.g. 'file.npz: key pred')."""
+    array = np.asarray(array)
+    if array.shape != tuple(shape):
+        raise OccupancyFileError(f"{where}: shape {array.shape}, expected {tuple(shape)}")
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+        raise OccupancyFileError(f"{where}: dtype {array.dtype}, expected integer class indices")
+    if array.size:
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi >= NUM_CLASSES:
+            bad = lo if lo < 0 else hi
+            raise OccupancyFileError(f"{where}: class index {bad} is outside 0..{NUM_CLASSES - 1}")
+    return array.astype(np.uint8, copy=False)
+
+
+def check_panoptic(array: np.ndarray, where: str, shape: tuple[int, ...] = OCC_GRID.shape) -> np.ndarray:
+    array = np.asarray(array)
+    if array.shape != tuple(shape):
+        raise OccupancyFileError(f"{where}: shape {array.shape}, expected {tuple(shape)}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise OccupancyFileError(f"{where}: dtype {array.dtype}, expected integer panoptic ids")
+    if array.size and int(array.min()) < 0:
+        raise OccupancyFileError(f"{where}: negative panoptic id {int(array.min())}")
+    return array.astype(np.int32, copy=False)
+
+
+def check_mask(array: np.ndarray, where: str, shape: tuple[int, ...] = OCC_GRID.shape) -> np.ndarray:
+    array = np.asarray(array)
+    if array.shape != tuple(shape):
+        raise OccupancyFileError(f"{where}: shape {array.shape}, expected {tuple(shape)}")
+    if array.size and not np.isin(np.unique(array), (0, 1)).all():
+        raise OccupancyFileError(f"{where}: mask values must be 0/1, found {np.unique(array)[:5].tolist()}")
+    return array.astype(bool)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files and folders
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def frame_name(path: Path) -> str:
+    """Sample token of an occupancy file: the folder name for Occ3D `<token>/labels.npz`, else the file stem."""
+    return path.parent.name if path.name == "labels.npz" else path.stem
+
+
+def load_occupancy_file(path: str | Path) -> OccupancyFrame:
+    """Load a prediction `.npz` (`pred`, optional `inst`) or an Occ3D `labels.npz` (`semantics`, masks)."""
+    path = Path(path)
+    if not path.is_file():
+        raise OccupancyFileError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise OccupancyFileError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    if PRED_KEY in arrays:
+        kind, sem_key, inst_key = "prediction", PRED_KEY, INST_KEY
+    elif GT_KEY in arrays:
+        kind, sem_key, inst_key = "ground_truth", GT_KEY, GT_INST_KEY
+    else:
+        raise OccupancyFileError(
+            f"{path}: has keys {sorted(arrays)}, expected '{PRED_KEY}' (prediction) or '{GT_KEY}' (Occ3D labels)"
+        )
+    semantic = check_labels(arrays[sem_key], f"{path}: key {sem_key}")
+    panoptic = check_panoptic(arrays[inst_key], f"{path}: key {inst_key}") if inst_key in arrays else None
+    masks = {k: check_mask(arrays[k], f"{path}: key {k}") if k in arrays else None for k in MASK_KEYS}
+    return OccupancyFrame(
+        semantic=semantic,
+        name=frame_name(path),
+        source=str(path),
+        kind=kind,
+        panoptic=panoptic,
+        mask_camera=masks["mask_camera"],
+        mask_lidar=masks["mask_lidar"],
+    )
+
+
+def find_occupancy_files(folder: str | Path) -> list[Path]:
+    """All `.npz` files under `folder` (recursively), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OccupancyFileError(f"{folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*.npz") if p.is_file())
+    if not files:
+        raise OccupancyFileError(f"{folder}: no .npz occupancy files found")
+    return files
+
+
+def is_bag(path: str | Path) -> bool:
+    """A ROS 2 bag: a folder with metadata.yaml, or a single .mcap / .db3 file."""
+    path = Path(path)
+    return (path.is_dir() and (path / "metadata.yaml").is_file()) or path.suffix in (".mcap", ".db3")
+
+
+class OccupancySequence(Sequence[OccupancyFrame]):
+    """Frames from a file, a folder of files (loaded lazily, one at a time) or a bag topic (loaded when opened)."""
+
+    def __init__(self, names: list[str], loader, description: str):
+        self._names = names
+        self._loader = loader
+        self.description = description
+
+    @classmethod
+    def open(cls, path: str | Path, topic: str | None = None) -> OccupancySequence:
+        """`path`: an .npz file, a folder of them, or a bag (then `topic` selects the occupancy topic)."""
+        path = Path(path)
+        if is_bag(path):
+            frames = read_bag_occupancy(path, topic)
+            return cls([f.name for f in frames], frames.__getitem__, f"{path} ({frames[0].source.split('#')[0]})")
+        if path.is_dir():
+            files = find_occupancy_files(path)
+            return cls([frame_name(p) for p in files], lambda i: load_occupancy_file(files[i]), str(path))
+        if path.suffix == ".npz" or path.is_file():
+            frame = load_occupancy_file(path)
+            return cls([frame.name], lambda i: frame, str(path))
+        raise OccupancyFileError(f"{path}: no such file, folder or bag")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"frame {index} out of range (0..{len(self) - 1})")
+        return self._loader(index % len(self))
+
+    def __iter__(self) -> Iterator[OccupancyFrame]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def find(self, name: str) -> OccupancyFrame | None:
+        """The frame with this name (sample token), or None."""
+        try:
+            return self[self._names.index(name)]
+        except ValueError:
+            return None
+
+
+def pair_frames(
+    predictions: OccupancySequence, ground_truth: OccupancySequence | None, max_stamp_diff_ns: int = 100_000_000
+) -> list[tuple[OccupancyFrame, OccupancyFrame | None]]:
+    """Pair each prediction with its ground truth: by name (sample token), else by nearest stamp (bags)."""
+    if ground_truth is None:
+        return [(p, None) for p in predictions]
+    gt_names = ground_truth.names
+    by_name = {n: i for i, n in enumerate(gt_names)}
+    gt_frames: list[OccupancyFrame] | None = None
+    pairs = []
+    for pred in predictions:
+        if pred.name in by_name:
+            pairs.append((pred, ground_truth[by_name[pred.name]]))
+            continue
+        if len(ground_truth) == 1 and len(predictions) == 1:
+            pairs.append((pred, ground_truth[0]))
+            continue
+        match = None
+        if pred.stamp_ns is not None:
+            if gt_frames is None:
+                gt_frames = list(ground_truth)
+            stamped = [g for g in gt_frames if g.stamp_ns is not None]
+            if stamped:
+                best = min(stamped, key=lambda g: abs(g.stamp_ns - pred.stamp_ns))
+                if abs(best.stamp_ns - pred.stamp_ns) <= max_stamp_diff_ns:
+                    match = best
+        pairs.append((pred, match))
+    return pairs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Camera images of a nuScenes sample (for the videos)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class NuScenesImages:
+    """The six keyframe camera images of a sample token, read with nuscenes-devkit from a dataroot."""
+
+    def __init__(self, dataroot: str | Path, version: str = "v1.0-mini"):
+        from nuscenes.nuscenes import NuScenes
+
+        self.dataroot = Path(dataroot)
+        try:
+            self._nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+        except Exception as exc:  # the devkit raises AssertionError/FileNotFoundError for a bad dataroot
+            raise OccupancyFileError(f"{dataroot}: cannot open nuScenes {version} ({exc})") from None
+
+    def images(self, sample_token: str) -> list[np.ndarray] | None:
+        """Six RGB uint8 images in CAMERA_NAMES order, or None when the token is not a sample of this dataset."""
+        from PIL import Image
+
+        try:
+            sample = self._nusc.get("sample", sample_token)
+        except KeyError:
+            return None
+        out = []
+        for cam in CAMERA_NAMES:
+            record = self._nusc.get("sample_data", sample["data"][cam])
+            with Image.open(self.dataroot / record["filename"]) as im:
+                out.append(np.asarray(im.convert("RGB")))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bags
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def read_bag_occupancy(path: str | Path, topic: str | None = None) -> list[OccupancyFrame]:
+    """Occupancy frames of one topic of a recorded bag (SemanticOccupancy or PanopticOccupancy messages)."""
+    raise OccupancyFileError(f"{path}: reading bags needs flashocc_ros.bagio, which is not available yet")
