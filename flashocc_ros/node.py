@@ -1,0 +1,649 @@
+"""flashocc_node: six synchronized cameras -> semantic (and panoptic) occupancy, live or from a replayed bag.
+
+    flashocc_node --ros-args --params-file config/flashocc-r50-M0.yaml [-p key:=value ...]
+    python -m flashocc_ros.node --ros-args ...
+
+Parameters are the flattened keys of `config.FlashOccConfig` (``model.variant``, ``cameras.transport``,
+``sync.max_spread_ms``, ...) plus a few node-only ones (``qos.*``, ``diagnostics.*``); see docs/node.md.
+
+Threads: the executor thread runs the subscription callbacks, which only queue messages into the approximate-time
+synchronizer; complete sets go into a one-element latest-wins slot; a worker thread takes the freshest set,
+builds the calibration (CameraInfo + TF, or a calibration file), runs OccupancyPipeline and publishes.
+Every bad input gets one clear, rate-limited warning and the node carries on with the next good set.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
+
+from flashocc_ros.config import (
+    OCC_GRID,
+    ConfigError,
+    FlashOccConfig,
+    flatten,
+    from_dict,
+    to_dict,
+    unflatten,
+)
+from flashocc_ros.msg import InferenceTiming, PanopticOccupancy, SemanticOccupancy
+from flashocc_ros.ros_convert import (
+    BadInput,
+    camera_info_intrinsics,
+    check_image_size,
+    compressed_jpeg_bytes,
+    image_to_rgb,
+    jpeg_size,
+    marker_array_msg,
+    occupied_points,
+    panoptic_to_msg,
+    pointcloud2_msg,
+    semantic_to_msg,
+)
+from flashocc_ros.sync import ApproximateTimeSync, CameraSet, LatestSlot
+from flashocc_ros.tf_tree import TransformError, TransformTree, load_calibration_file, transform_to_matrix
+
+NODE_NAME = "flashocc_node"
+
+# Parameters that can change while running (everything else defines shapes, topics or the model: read-only).
+DYNAMIC_PARAMETERS = {
+    "sync.max_spread_ms",
+    "sync.tf_timeout_s",
+    "outputs.publish_semantic",
+    "outputs.publish_panoptic",
+    "outputs.publish_pointcloud",
+    "outputs.publish_markers",
+    "outputs.max_markers",
+    "outputs.publish_timing",
+}
+
+PARAMETER_HELP = {
+    "model.variant": "official config name of the model variant",
+    "model.checkpoint": "official .pth checkpoint; empty = deterministic untrained weights",
+    "model.engine": "TensorRT engine / ONNX file for those backends",
+    "model.backend": "auto | tensorrt | onnxruntime | pytorch",
+    "model.device": "cpu | cuda | cuda:N",
+    "model.precision": "fp32 | fp16 | int8",
+    "model.engine_cache_dir": "where built engines are cached",
+    "model.pano_mode": "panoptic post-processing: corrected | official",
+    "model.score_threshold": "panoptic centre score threshold",
+    "cameras.names": "camera names in network order (must be the nuScenes rig)",
+    "cameras.transport": "compressed (CompressedImage JPEG) | raw (Image rgb8/bgr8)",
+    "cameras.image_topic": "image topic pattern with {camera}",
+    "cameras.info_topic": "CameraInfo topic pattern with {camera}",
+    "cameras.calibration_file": "fixed-rig calibration YAML; empty = CameraInfo + TF",
+    "sync.max_spread_ms": "largest stamp spread inside one six-camera set",
+    "sync.queue_size": "frames kept per camera while assembling sets",
+    "sync.tf_timeout_s": "dynamic transforms older than this (vs. the image stamp) are stale",
+    "outputs.ego_frame": "frame of the output grids (camera->ego from TF)",
+    "outputs.max_markers": "cap on marker cubes per frame",
+}
+
+# (min, max) for numeric parameters; config.validate() gives the precise (open/closed) error messages.
+PARAMETER_RANGES = {
+    "model.score_threshold": (0.0, 1.0),
+    "sync.max_spread_ms": (0.0, 1000.0),
+    "sync.queue_size": (1, 100),
+    "sync.tf_timeout_s": (0.0, 3600.0),
+    "outputs.max_markers": (0, OCC_GRID.num_voxels),
+}
+
+# Node-only parameters (not part of FlashOccConfig): name -> (default, description, range, read-only).
+NODE_PARAMETERS: dict[str, tuple[Any, str, tuple | None, bool]] = {
+    "qos.input_depth": (5, "history depth of the image / CameraInfo subscriptions (sensor-data QoS)", (1, 100), True),
+    "qos.output_depth": (2, "history depth of the (reliable) output publishers", (1, 100), True),
+    "diagnostics.warn_interval_s": (5.0, "the same warning is printed at most once per interval", (0.0, 3600.0), False),
+    "diagnostics.camera_timeout_s": (
+        2.0,
+        "a camera silent this long while others publish is reported",
+        (0.1, 600.0),
+        False,
+    ),
+    "tf.use_tf2_ros": (True, "use tf2_ros where installed (false: the built-in /tf_static + /tf reader)", None, True),
+}
+
+
+class CalibrationPending(RuntimeError):
+    """Calibration for a set is not available (no CameraInfo yet, missing or stale TF)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class RateLimitedLog:
+    """One log line per key per interval; counts how many were suppressed in between."""
+
+    def __init__(self, logger: Any, interval_s: float):
+        self._logger = logger
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, key: str, text: str) -> None:
+        self._emit(key, text, self._logger.warning)
+
+    def error(self, key: str, text: str) -> None:
+        self._emit(key, text, self._logger.error)
+
+    def _emit(self, key: str, text: str, log) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            n = self._suppressed.pop(key, 0)
+            self._last[key] = now
+        log(text + (f" ({n} more like this suppressed)" if n else ""))
+
+
+@dataclass
+class CameraState:
+    name: str
+    image_topic: str
+    info_topic: str
+    intrinsics: np.ndarray | None = None  # valid K from the latest good CameraInfo
+    info_size: tuple[int, int] | None = None  # (width, height) of that CameraInfo
+    info_frame: str = ""
+    info_error: str = ""  # why the latest CameraInfo was rejected ("" = ok)
+
+
+@dataclass
+class NodeCounters:
+    frames_processed: int = 0
+    images_rejected: int = 0
+    sets_skipped_calibration: int = 0
+    calibration_updates: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+def _descriptor(name: str, value: Any, description: str, value_range: tuple | None, read_only: bool):
+    d = ParameterDescriptor(name=name, description=description, read_only=read_only)
+    if isinstance(value, bool):
+        d.type = ParameterType.PARAMETER_BOOL
+    elif isinstance(value, int):
+        d.type = ParameterType.PARAMETER_INTEGER
+        if value_range:
+            d.integer_range = [IntegerRange(from_value=int(value_range[0]), to_value=int(value_range[1]), step=1)]
+    elif isinstance(value, float):
+        d.type = ParameterType.PARAMETER_DOUBLE
+        if value_range:
+            d.floating_point_range = [
+                FloatingPointRange(from_value=float(value_range[0]), to_value=float(value_range[1]), step=0.0)
+            ]
+    elif isinstance(value, list):
+        d.type = ParameterType.PARAMETER_STRING_ARRAY
+    else:
+        d.type = ParameterType.PARAMETER_STRING
+    return d
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The node
+# --------------------------------------------------------------------------------------------------------------
+
+
+class FlashOccNode(Node):
+    def __init__(self, pipeline_factory=None, **node_kwargs):
+        super().__init__(NODE_NAME, **node_kwargs)
+        self.cfg = self._declare_parameters()  # raises ConfigError with the key and the value
+        p = self._node_params
+        self._log = RateLimitedLog(self.get_logger(), p["diagnostics.warn_interval_s"])
+        self.counters = NodeCounters()
+        self._lock = threading.Lock()
+        self.cameras = [CameraState(c, img, info) for c, img, info in self.cfg.cameras.topics()]
+        self._sync = ApproximateTimeSync(
+            len(self.cameras), int(self.cfg.sync.max_spread_ms * 1e6), self.cfg.sync.queue_size, key_index=0
+        )
+        self._slot: LatestSlot[CameraSet] = LatestSlot()
+        self._fixed_calibration = None
+        if self.cfg.cameras.calibration_file:
+            self._fixed_calibration = load_calibration_file(self.cfg.cameras.calibration_file)
+
+        # The model (fails here, with a clear error, for a checkpoint/engine of another variant).
+        if pipeline_factory is None:
+            from flashocc_ros.pipeline import OccupancyPipeline
+
+            pipeline_factory = OccupancyPipeline
+        t0 = time.monotonic()
+        self.pipeline = pipeline_factory(self.cfg)
+        self.backend_name = str(getattr(self.pipeline, "backend_name", self.cfg.model.backend))
+        self.get_logger().info(
+            f"{self.cfg.model.variant} ready on {self.cfg.model.device} (backend {self.backend_name}) "
+            f"in {time.monotonic() - t0:.1f} s"
+        )
+
+        self._setup_tf()
+        self._setup_io()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._watchdog = self.create_timer(1.0, self._check_silent_cameras)
+        self._worker = threading.Thread(target=self._work_loop, name="flashocc_worker", daemon=True)
+        self._worker.start()
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Parameters
+    # ---------------------------------------------------------------------------------------------------------
+    def _declare_parameters(self) -> FlashOccConfig:
+        defaults = flatten(to_dict(FlashOccConfig()))
+        values: dict[str, Any] = {}
+        for name, default in defaults.items():
+            desc = _descriptor(
+                name,
+                default,
+                PARAMETER_HELP.get(name, ""),
+                PARAMETER_RANGES.get(name),
+                read_only=name not in DYNAMIC_PARAMETERS,
+            )
+            values[name] = self._declare(name, default, desc)
+        self._node_params: dict[str, Any] = {}
+        for name, (default, help_text, value_range, read_only) in NODE_PARAMETERS.items():
+            desc = _descriptor(name, default, help_text, value_range, read_only)
+            self._node_params[name] = self._declare(name, default, desc)
+        cfg = from_dict(FlashOccConfig, unflatten(values))
+        return cfg.validate()
+
+    def _declare(self, name: str, default: Any, desc: ParameterDescriptor) -> Any:
+        try:
+            value = self.declare_parameter(name, default, desc).value
+        except InvalidParameterTypeException as exc:
+            override = self.get_parameter_overrides_value(name)
+            raise ConfigError(
+                f"parameter {name}: expected {type(default).__name__}, got {override!r} ({exc.__class__.__name__}); "
+                "write floats with a decimal point, e.g. 80.0"
+            ) from exc
+        except InvalidParameterValueException as exc:
+            override = self.get_parameter_overrides_value(name)
+            raise ConfigError(f"parameter {name}: value {override!r} rejected ({exc})") from exc
+        if isinstance(default, list) and value is not None:
+            value = list(value)
+        return value
+
+    def get_parameter_overrides_value(self, name: str) -> Any:
+        p = getattr(self, "_parameter_overrides", {}).get(name)
+        return None if p is None else p.value
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        updates = {p.name: p.value for p in params if p.name in DYNAMIC_PARAMETERS}
+        node_updates = {p.name: p.value for p in params if p.name in self._node_params}
+        if not updates and not node_updates:
+            return SetParametersResult(successful=True)
+        try:
+            data = to_dict(self.cfg)
+            data = unflatten({**flatten(data), **updates})
+            new_cfg = from_dict(FlashOccConfig, data).validate()
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.cfg = new_cfg
+        with self._lock:
+            self._sync.set_max_spread_ns(int(new_cfg.sync.max_spread_ms * 1e6))
+        self._node_params.update(node_updates)
+        self._log.interval_s = float(self._node_params["diagnostics.warn_interval_s"])
+        return SetParametersResult(successful=True)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Subscriptions / publishers
+    # ---------------------------------------------------------------------------------------------------------
+    def _setup_io(self) -> None:
+        depth_in = int(self._node_params["qos.input_depth"])
+        depth_out = int(self._node_params["qos.output_depth"])
+        sensor_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=depth_in,
+            reliability=qos_profile_sensor_data.reliability,
+            durability=qos_profile_sensor_data.durability,
+        )
+        msg_type = CompressedImage if self.cfg.cameras.transport == "compressed" else Image
+        self._subs = []
+        for i, cam in enumerate(self.cameras):
+            self._subs.append(
+                self.create_subscription(msg_type, cam.image_topic, partial(self._on_image, i), sensor_qos)
+            )
+            if self._fixed_calibration is None:
+                self._subs.append(
+                    self.create_subscription(CameraInfo, cam.info_topic, partial(self._on_camera_info, i), sensor_qos)
+                )
+        out_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=depth_out,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        self.pub_semantic = self.create_publisher(SemanticOccupancy, "/occupancy/semantic", out_qos)
+        self.pub_panoptic = None
+        if self.cfg.variant.panoptic:
+            self.pub_panoptic = self.create_publisher(PanopticOccupancy, "/occupancy/panoptic", out_qos)
+        self.pub_points = self.create_publisher(PointCloud2, "/occupancy/points", out_qos)
+        self.pub_markers = self.create_publisher(MarkerArray, "/occupancy/markers", out_qos)
+        self.pub_timing = self.create_publisher(InferenceTiming, "/occupancy/timing", out_qos)
+        self.get_logger().info(
+            f"listening to {self.cfg.cameras.transport} images on {', '.join(c.image_topic for c in self.cameras)}"
+        )
+
+    def _setup_tf(self) -> None:
+        self._tf_buffer = None
+        self._tf_tree: TransformTree | None = None
+        if self._fixed_calibration is not None:
+            return
+        if self._node_params["tf.use_tf2_ros"]:
+            try:
+                import tf2_ros
+
+                self._tf_buffer = tf2_ros.Buffer()
+                self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self, spin_thread=False)
+                self.get_logger().info("camera extrinsics from tf2_ros")
+                return
+            except ImportError:
+                pass
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError as exc:
+            raise ConfigError(
+                "cameras.calibration_file is empty and neither tf2_ros nor tf2_msgs is installed: "
+                "install ROS tf2 or give a calibration file"
+            ) from exc
+        self._tf_tree = TransformTree()
+        static_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=100,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        dyn_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self._tf_subs = [
+            self.create_subscription(TFMessage, "/tf_static", partial(self._on_tf, True), static_qos),
+            self.create_subscription(TFMessage, "/tf", partial(self._on_tf, False), dyn_qos),
+        ]
+        self.get_logger().info("camera extrinsics from the built-in /tf_static + /tf reader (tf2_ros not installed)")
+
+    def _on_tf(self, static: bool, msg) -> None:
+        for t in msg.transforms:
+            try:
+                with self._lock:
+                    self._tf_tree.add(t, static)
+            except ValueError as exc:
+                self._log.warn(
+                    f"tf:{t.child_frame_id}", f"ignoring transform on {'/tf_static' if static else '/tf'}: {exc}"
+                )
+
+    def _on_camera_info(self, index: int, msg: CameraInfo) -> None:
+        cam = self.cameras[index]
+        try:
+            K = camera_info_intrinsics(msg.k, int(msg.width), int(msg.height), cam.info_topic)
+        except BadInput as exc:
+            with self._lock:
+                cam.intrinsics, cam.info_error = None, str(exc)
+            self._log.warn(
+                f"info:{_problem_key(str(exc))}",
+                f"{exc}; frames of {cam.name} are skipped until a valid CameraInfo arrives",
+            )
+            return
+        with self._lock:
+            cam.intrinsics, cam.info_size, cam.info_frame, cam.info_error = (
+                K,
+                (int(msg.width), int(msg.height)),
+                msg.header.frame_id,
+                "",
+            )
+
+    def _on_image(self, index: int, msg) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        with self._lock:
+            result = self._sync.add(index, stamp, msg, time.monotonic())
+        if result.reset:
+            self._slot.clear()
+            self._log.warn(
+                "time_backwards",
+                f"time went backwards on {self.cameras[index].image_topic} (stamp {stamp * 1e-9:.3f} s): "
+                "bag loop or clock reset, synchronizer state cleared",
+            )
+        for s in result.sets:
+            self._slot.put(s)
+
+    def _check_silent_cameras(self) -> None:
+        timeout = float(self._node_params["diagnostics.camera_timeout_s"])
+        now = time.monotonic()
+        with self._lock:
+            last = [self._sync.last_received(i) for i in range(len(self.cameras))]
+            incomplete = self._sync.counters.sets_incomplete
+        recent = [t is not None and now - t < timeout for t in last]
+        if not any(recent):
+            return
+        for i, ok in enumerate(recent):
+            if not ok:
+                cam = self.cameras[i]
+                since = "nothing received yet" if last[i] is None else f"silent for {now - last[i]:.1f} s"
+                self._log.warn(
+                    f"silent:{i}",
+                    f"camera {cam.name} ({cam.image_topic}): {since} while other cameras publish; "
+                    f"{incomplete} incomplete sets so far",
+                )
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Worker
+    # ---------------------------------------------------------------------------------------------------------
+    def _work_loop(self) -> None:
+        while not self._slot.closed:
+            s = self._slot.get(timeout=0.5)
+            if s is None:
+                continue
+            try:
+                self._process(s)
+            except BadInput as exc:
+                self.counters.images_rejected += 1
+                self._log.warn(f"bad:{_problem_key(str(exc))}", f"{exc}; set at {s.stamp_ns * 1e-9:.3f} s skipped")
+            except CalibrationPending as exc:
+                self.counters.sets_skipped_calibration += 1
+                self._log.warn(f"calib:{_problem_key(str(exc))}", f"{exc}; set at {s.stamp_ns * 1e-9:.3f} s skipped")
+            except Exception as exc:  # keep serving: one clear error line per kind, with the traceback at debug
+                self.counters.errors += 1
+                self._log.error(f"error:{type(exc).__name__}", f"processing failed: {type(exc).__name__}: {exc}")
+                self.get_logger().debug(traceback.format_exc())
+
+    def stop(self) -> None:
+        self._slot.close()
+        self._worker.join(timeout=30)
+
+    def _calibration_for(self, s: CameraSet, sizes: list[tuple[int, int]]):
+        from flashocc_ros.geometry import RigCalibration
+
+        Ks, s2e = [], []
+        ego = self.cfg.outputs.ego_frame
+        for cam, frame, (width, height) in zip(self.cameras, s.frames, sizes):
+            if self._fixed_calibration is not None:
+                cal = self._fixed_calibration[cam.name]
+                check_image_size(cam.image_topic, width, height, (cal.image_hw[1], cal.image_hw[0]))
+                Ks.append(cal.intrinsics)
+                s2e.append(cal.sensor2ego)
+                continue
+            with self._lock:
+                K, info_size, info_frame, info_error = cam.intrinsics, cam.info_size, cam.info_frame, cam.info_error
+            if K is None:
+                raise CalibrationPending(info_error or f"no CameraInfo received yet on {cam.info_topic}")
+            check_image_size(cam.image_topic, width, height, info_size)
+            Ks.append(K)
+            frame_id = frame.payload.header.frame_id or info_frame
+            if not frame_id:
+                raise BadInput(f"{cam.image_topic}: header.frame_id is empty and so is its CameraInfo's")
+            s2e.append(self._lookup_extrinsics(ego, frame_id, frame.stamp_ns))
+        if len(set(sizes)) != 1:
+            detail = ", ".join(f"{c.name} {w}x{h}" for c, (w, h) in zip(self.cameras, sizes))
+            raise BadInput(f"the six images must have one size, got {detail}")
+        width, height = sizes[0]
+        return RigCalibration(np.stack(Ks), np.stack(s2e), None, (height, width))
+
+    def _lookup_extrinsics(self, ego: str, camera_frame: str, stamp_ns: int) -> np.ndarray:
+        timeout_ns = int(self.cfg.sync.tf_timeout_s * 1e9)
+        if self._tf_buffer is not None:
+            import tf2_ros
+            from rclpy.time import Time
+
+            try:
+                t = self._tf_buffer.lookup_transform(ego, camera_frame, Time())
+            except (tf2_ros.LookupException, tf2_ros.ConnectivityException, tf2_ros.ExtrapolationException) as exc:
+                raise CalibrationPending(f"no transform {ego} <- {camera_frame}: {exc}") from exc
+            t_ns = stamp_to_ns(t.header.stamp)
+            if t_ns and stamp_ns - t_ns > timeout_ns:
+                raise CalibrationPending(
+                    f"stale transform {ego} <- {camera_frame}: {(stamp_ns - t_ns) * 1e-9:.2f} s older than the image"
+                )
+            return transform_to_matrix(t.transform)
+        with self._lock:
+            try:
+                found = self._tf_tree.lookup(ego, camera_frame)
+            except TransformError as exc:
+                raise CalibrationPending(f"no transform {ego} <- {camera_frame}: {exc}") from exc
+        if found.oldest_dynamic_ns is not None and stamp_ns - found.oldest_dynamic_ns > timeout_ns:
+            age = (stamp_ns - found.oldest_dynamic_ns) * 1e-9
+            raise CalibrationPending(f"stale transform {ego} <- {camera_frame}: {age:.2f} s older than the image")
+        return found.matrix
+
+    def _process(self, s: CameraSet) -> None:
+        t_start = time.perf_counter()
+        compressed = self.cfg.cameras.transport == "compressed"
+        inputs, sizes = [], []
+        for cam, frame in zip(self.cameras, s.frames):
+            msg = frame.payload
+            if compressed:
+                data = compressed_jpeg_bytes(msg, cam.image_topic)
+                sizes.append(jpeg_size(data, cam.image_topic))
+                inputs.append(data)
+            else:
+                inputs.append(image_to_rgb(msg, cam.image_topic))
+                sizes.append((int(msg.width), int(msg.height)))
+        calib = self._calibration_for(s, sizes)
+        if self.pipeline.set_calibration(calib):
+            self.counters.calibration_updates += 1
+            self.get_logger().info(
+                f"calibration changed (image {sizes[0][0]}x{sizes[0][1]}): voxel-pooling indices recomputed"
+            )
+        if compressed:
+            try:
+                result = self.pipeline.run_jpeg(inputs)
+            except Exception as exc:
+                corrupt = self._find_corrupt_jpeg(inputs)
+                if corrupt is None:
+                    raise
+                raise corrupt from exc
+        else:
+            result = self.pipeline.run(inputs)
+        self._publish(s, result, t_start)
+
+    def _find_corrupt_jpeg(self, jpegs: list[bytes]) -> BadInput | None:
+        import simplejpeg
+
+        for cam, data in zip(self.cameras, jpegs):
+            try:
+                simplejpeg.decode_jpeg(data, colorspace="RGB")
+            except (ValueError, RuntimeError) as exc:
+                return BadInput(f"{cam.image_topic}: corrupt JPEG ({exc})")
+        return None
+
+    def _publish(self, s: CameraSet, result, t_start: float) -> None:
+        t_pub = time.perf_counter()
+        cfg = self.cfg.outputs
+        header = Header(frame_id=cfg.ego_frame)
+        header.stamp = s.frames[s.key_index].payload.header.stamp
+        source = self.cfg.model.variant
+        if cfg.publish_semantic:
+            self.pub_semantic.publish(semantic_to_msg(result.semantic, header, source))
+        panoptic = getattr(result, "panoptic", None)
+        if self.pub_panoptic is not None and cfg.publish_panoptic and panoptic is not None:
+            self.pub_panoptic.publish(
+                panoptic_to_msg(result.semantic, panoptic, result.instances, header, source, self.cfg.model.pano_mode)
+            )
+        if cfg.publish_pointcloud:
+            self.pub_points.publish(pointcloud2_msg(occupied_points(result.semantic, panoptic), header))
+        if cfg.publish_markers:
+            self.pub_markers.publish(marker_array_msg(result.semantic, header, cfg.max_markers))
+        t_end = time.perf_counter()
+        self.counters.frames_processed += 1
+        latency_ms = (time.monotonic() - s.completed_at) * 1e3
+        self.counters.latencies_ms.append(latency_ms)
+        del self.counters.latencies_ms[:-1000]
+        if cfg.publish_timing:
+            timings = dict(getattr(result, "timings_ms", {}) or {})
+            with self._lock:
+                incomplete = self._sync.counters.sets_incomplete
+            msg = InferenceTiming(header=header, backend=self.backend_name)
+            msg.decode_ms = float(timings.get("decode", 0.0))
+            msg.preprocess_ms = float(timings.get("preprocess", 0.0))
+            msg.inference_ms = float(timings.get("inference", 0.0))
+            msg.postprocess_ms = float(timings.get("postprocess", 0.0))
+            msg.publish_ms = (t_end - t_pub) * 1e3
+            msg.total_ms = (t_end - t_start) * 1e3
+            msg.latency_ms = latency_ms
+            msg.sync_spread_ms = s.spread_ns * 1e-6
+            msg.frames_processed = self.counters.frames_processed
+            msg.sets_replaced = self._slot.replaced
+            msg.sets_incomplete = incomplete
+            msg.images_rejected = self.counters.images_rejected
+            self.pub_timing.publish(msg)
+
+
+def _problem_key(text: str) -> str:
+    """Warnings that differ only in numbers (stamps, ages, sizes) share one rate limit."""
+    return re.sub(r"[0-9]+(\.[0-9]*)?", "#", text)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------------------
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = FlashOccNode()
+        except ConfigError as exc:
+            print(f"{NODE_NAME}: configuration error: {exc}", file=sys.stderr, flush=True)
+            return 2
+        except Exception as exc:
+            print(f"{NODE_NAME}: failed to start: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            return 1
+        try:
+            rclpy.spin(node)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        return 0
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
