@@ -1,0 +1,530 @@
+"""rosbag2 I/O without ROS: the rosbags typestore with our messages, topic/frame/QoS conventions, numpy helpers.
+
+Used by the nuScenes converter (writing), the player/recorder tools, evaluation and rendering (reading). Messages
+built here are rosbags dataclasses (``typestore.types[...]``); the readers below also accept rclpy messages where
+they only read fields (duck typing). No rclpy import.
+
+Conventions shared by the converter and the node's default configuration:
+
+- images ``/{camera}/image/compressed`` (sensor_msgs/CompressedImage, the original nuScenes JPEG bytes), camera
+  info ``/{camera}/camera_info``, both stamped at the sample_data time, frame = the nuScenes channel name
+  (e.g. ``CAM_FRONT``; nuScenes camera frames are optical frames: z forward, x right, y down);
+- ``/tf_static``: ``base_link`` -> every camera and ``LIDAR_TOP`` (transient local); ``/tf``: ``map`` ->
+  ``base_link`` at every converted sample_data time;
+- ``/nuscenes/sample`` (flashocc_ros/SampleInfo) and ``/occupancy/ground_truth`` (flashocc_ros/SemanticOccupancy)
+  stamped at the sample timestamp (the LIDAR_TOP keyframe time); ``/LIDAR_TOP/points`` (sensor_msgs/PointCloud2).
+- stamps are nuScenes microseconds x 1000 exactly; the bag's log time equals the header stamp.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from rosbags.highlevel import AnyReader
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+from flashocc_ros.config import CLASS_NAMES, FREE_INDEX, OCC_GRID, CameraConfig, GridSpec, OutputConfig
+
+# ----------------------------------------------------------------------------------------------------------------
+# Names
+# ----------------------------------------------------------------------------------------------------------------
+
+PACKAGE = "flashocc_ros"
+OUR_MESSAGES = ("SampleInfo", "SemanticOccupancy", "OccupancyInstance", "PanopticOccupancy", "InferenceTiming")
+DISTROS = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY, "kilted": Stores.ROS2_KILTED}
+# rosbag2 metadata version written per distro (Humble's rosbag2 predates format 9).
+BAG_VERSION = {"humble": 8, "jazzy": 9, "kilted": 9}
+STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+POINT_CLOUD2 = "sensor_msgs/msg/PointCloud2"
+TF_MESSAGE = "tf2_msgs/msg/TFMessage"
+CLOCK = "rosgraph_msgs/msg/Clock"
+SAMPLE_INFO = f"{PACKAGE}/msg/SampleInfo"
+SEMANTIC_OCCUPANCY = f"{PACKAGE}/msg/SemanticOccupancy"
+PANOPTIC_OCCUPANCY = f"{PACKAGE}/msg/PanopticOccupancy"
+INFERENCE_TIMING = f"{PACKAGE}/msg/InferenceTiming"
+
+MAP_FRAME = "map"
+EGO_FRAME = OutputConfig().ego_frame  # base_link
+TF_TOPIC = "/tf"
+TF_STATIC_TOPIC = "/tf_static"
+SAMPLE_TOPIC = "/nuscenes/sample"
+GROUND_TRUTH_TOPIC = "/occupancy/ground_truth"
+LIDAR_TOPIC = "/LIDAR_TOP/points"
+CLOCK_TOPIC = "/clock"
+# Node outputs (flashocc_node publishes these names).
+SEMANTIC_TOPIC = "/occupancy/semantic"
+PANOPTIC_TOPIC = "/occupancy/panoptic"
+TIMING_TOPIC = "/occupancy/timing"
+# Bag metadata custom_data key written by the converter: JSON list of the scene's samples (see SampleRecord).
+SAMPLES_CUSTOM_KEY = "flashocc_ros.samples"
+
+
+def image_topic(camera: str) -> str:
+    return CameraConfig().image_topic.format(camera=camera)
+
+
+def camera_info_topic(camera: str) -> str:
+    return CameraConfig().info_topic.format(camera=camera)
+
+
+def sensor_frame(channel: str) -> str:
+    """TF frame of a nuScenes sensor channel (the channel name itself, e.g. CAM_FRONT, LIDAR_TOP)."""
+    return channel
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Typestore
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def interface_dir() -> Path:
+    """The directory holding our .msg files: <repo>/msg, else <prefix>/share/flashocc_ros/msg."""
+    candidates = [Path(__file__).resolve().parents[1] / "msg"]
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
+    candidates += [Path(p) / "share" / PACKAGE / "msg" for p in prefixes]
+    for path in candidates:
+        if all((path / f"{name}.msg").is_file() for name in OUR_MESSAGES):
+            return path
+    raise FileNotFoundError(f"{PACKAGE} message definitions not found in any of {[str(c) for c in candidates]}")
+
+
+@lru_cache(maxsize=8)
+def make_typestore(distro: str = "kilted"):
+    """A rosbags typestore for `distro` (humble | jazzy | kilted) with our messages registered."""
+    if distro not in DISTROS:
+        raise ValueError(f"unknown ROS distro {distro!r}; supported: {', '.join(DISTROS)}")
+    store = get_typestore(DISTROS[distro])
+    folder = interface_dir()
+    types: dict = {}
+    for name in OUR_MESSAGES:
+        types.update(get_types_from_msg((folder / f"{name}.msg").read_text(), f"{PACKAGE}/msg/{name}"))
+    store.register(types)
+    return store
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# QoS (recorded as offered_qos_profiles in metadata.yaml)
+# ----------------------------------------------------------------------------------------------------------------
+
+_DEFAULT_TIME = QosTime(0, 0)  # rmw default (infinite)
+
+
+def make_qos(depth: int = 10, *, reliable: bool = True, transient_local: bool = False) -> Qos:
+    return Qos(
+        QosHistory.KEEP_LAST,
+        depth,
+        QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
+        QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE,
+        _DEFAULT_TIME,
+        _DEFAULT_TIME,
+        QosLiveliness.AUTOMATIC,
+        _DEFAULT_TIME,
+        False,
+    )
+
+
+SENSOR_QOS = make_qos(10)  # reliable publishers match both reliable and best-effort (sensor data) subscribers
+TF_QOS = make_qos(100)
+STATIC_QOS = make_qos(1, transient_local=True)
+LATCHED_QOS = make_qos(1, transient_local=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Time
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def ns_from_us(timestamp_us: int) -> int:
+    """nuScenes microseconds -> nanoseconds, exactly."""
+    return int(timestamp_us) * 1000
+
+
+def split_ns(stamp_ns: int) -> tuple[int, int]:
+    return int(stamp_ns) // 1_000_000_000, int(stamp_ns) % 1_000_000_000
+
+
+def stamp_ns(header_or_stamp: Any) -> int:
+    """builtin_interfaces/Time (or a Header) -> integer nanoseconds (works for rosbags and rclpy messages)."""
+    stamp = getattr(header_or_stamp, "stamp", header_or_stamp)
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Message builders (rosbags dataclasses)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class MessageFactory:
+    """Builds rosbags message objects for one typestore."""
+
+    def __init__(self, typestore=None):
+        self.store = typestore or make_typestore()
+        self.T = self.store.types
+
+    def time(self, stamp: int):
+        sec, nanosec = split_ns(stamp)
+        return self.T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
+
+    def header(self, stamp: int, frame_id: str):
+        return self.T["std_msgs/msg/Header"](stamp=self.time(stamp), frame_id=frame_id)
+
+    def compressed_image(self, stamp: int, frame_id: str, jpeg: bytes, fmt: str = "jpeg"):
+        return self.T[COMPRESSED_IMAGE](
+            header=self.header(stamp, frame_id), format=fmt, data=np.frombuffer(jpeg, np.uint8)
+        )
+
+    def camera_info(self, stamp: int, frame_id: str, intrinsic: np.ndarray, width: int, height: int):
+        """Pinhole CameraInfo with zero distortion (nuScenes images are undistorted): K, R = I, P = [K | 0]."""
+        k = np.asarray(intrinsic, np.float64).reshape(3, 3)
+        p = np.zeros((3, 4))
+        p[:, :3] = k
+        roi = self.T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+        return self.T[CAMERA_INFO](
+            header=self.header(stamp, frame_id),
+            height=int(height),
+            width=int(width),
+            distortion_model="plumb_bob",
+            d=np.zeros(5),
+            k=k.ravel().copy(),
+            r=np.eye(3).ravel(),
+            p=p.ravel(),
+            binning_x=0,
+            binning_y=0,
+            roi=roi,
+        )
+
+    def transform(self, stamp: int, parent: str, child: str, translation, rotation_wxyz):
+        """geometry_msgs/TransformStamped from a nuScenes-style translation and (w, x, y, z) quaternion."""
+        w, x, y, z = (float(v) for v in rotation_wxyz)
+        tx, ty, tz = (float(v) for v in translation)
+        T = self.T
+        return T["geometry_msgs/msg/TransformStamped"](
+            header=self.header(stamp, parent),
+            child_frame_id=child,
+            transform=T["geometry_msgs/msg/Transform"](
+                translation=T["geometry_msgs/msg/Vector3"](x=tx, y=ty, z=tz),
+                rotation=T["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w),
+            ),
+        )
+
+    def tf_message(self, transforms: Sequence[Any]):
+        return self.T[TF_MESSAGE](transforms=list(transforms))
+
+    def sample_info(self, stamp: int, sample_token: str, scene_name: str, scene_token: str, index: int):
+        return self.T[SAMPLE_INFO](
+            header=self.header(stamp, EGO_FRAME),
+            sample_token=sample_token,
+            scene_name=scene_name,
+            scene_token=scene_token,
+            sample_index=int(index),
+        )
+
+    def semantic_occupancy(
+        self,
+        stamp: int,
+        labels: np.ndarray,
+        *,
+        mask_camera: np.ndarray | None = None,
+        mask_lidar: np.ndarray | None = None,
+        source: str = "ground_truth",
+        frame_id: str = EGO_FRAME,
+        grid: GridSpec = OCC_GRID,
+    ):
+        """flashocc_ros/SemanticOccupancy from a (200, 200, 16) uint8 [ix, iy, iz] grid (masks optional)."""
+        T = self.T
+        labels = _check_grid("labels", labels, grid)
+        masks = {}
+        for name, mask in (("mask_camera", mask_camera), ("mask_lidar", mask_lidar)):
+            masks[name] = np.zeros(0, np.uint8) if mask is None else _check_grid(name, mask, grid).ravel()
+        return T[SEMANTIC_OCCUPANCY](
+            header=self.header(stamp, frame_id),
+            origin=T["geometry_msgs/msg/Point"](x=float(grid.lower[0]), y=float(grid.lower[1]), z=float(grid.lower[2])),
+            voxel_size=T["geometry_msgs/msg/Vector3"](x=grid.voxel_size, y=grid.voxel_size, z=grid.voxel_size),
+            size_x=grid.shape[0],
+            size_y=grid.shape[1],
+            size_z=grid.shape[2],
+            class_names=list(CLASS_NAMES),
+            free_index=FREE_INDEX,
+            labels=labels.ravel(),
+            source=source,
+            **masks,
+        )
+
+    def pointcloud(self, stamp: int, frame_id: str, points: np.ndarray):
+        """sensor_msgs/PointCloud2 with float32 x, y, z, intensity and uint16 ring (nuScenes .pcd.bin rows)."""
+        T = self.T
+        cloud = lidar_points_to_records(points)
+        fields = [
+            T["sensor_msgs/msg/PointField"](name=name, offset=off, datatype=dt, count=1)
+            for name, off, dt in (("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("intensity", 12, 7), ("ring", 16, 4))
+        ]
+        return T[POINT_CLOUD2](
+            header=self.header(stamp, frame_id),
+            height=1,
+            width=len(cloud),
+            fields=fields,
+            is_bigendian=False,
+            point_step=cloud.dtype.itemsize,
+            row_step=cloud.dtype.itemsize * len(cloud),
+            data=cloud.view(np.uint8).ravel(),
+            is_dense=True,
+        )
+
+
+POINT_DTYPE = np.dtype(
+    {
+        "names": ["x", "y", "z", "intensity", "ring"],
+        "formats": [np.float32, np.float32, np.float32, np.float32, np.uint16],
+        "offsets": [0, 4, 8, 12, 16],
+        "itemsize": 20,
+    }
+)
+
+
+def lidar_points_to_records(points: np.ndarray) -> np.ndarray:
+    """(N, 5) float32 nuScenes lidar rows (x, y, z, intensity, ring) -> POINT_DTYPE records."""
+    points = np.asarray(points, np.float32).reshape(-1, 5)
+    rec = np.zeros(len(points), POINT_DTYPE)
+    for i, name in enumerate(("x", "y", "z", "intensity")):
+        rec[name] = points[:, i]
+    rec["ring"] = points[:, 4].astype(np.uint16)
+    return rec
+
+
+def pointcloud_to_records(msg: Any) -> np.ndarray:
+    """PointCloud2 written by `MessageFactory.pointcloud` -> POINT_DTYPE records."""
+    if int(msg.point_step) != POINT_DTYPE.itemsize:
+        raise ValueError(f"PointCloud2.point_step is {msg.point_step}, expected {POINT_DTYPE.itemsize}")
+    return np.frombuffer(np.asarray(msg.data, np.uint8).tobytes(), POINT_DTYPE)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Message readers (rosbags or rclpy messages)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OccupancyGrid:
+    """A SemanticOccupancy message as numpy: labels and masks (200, 200, 16) uint8 [ix, iy, iz]."""
+
+    stamp_ns: int
+    frame_id: str
+    labels: np.ndarray
+    mask_camera: np.ndarray | None
+    mask_lidar: np.ndarray | None
+    source: str
+
+
+def _check_grid(name: str, grid: np.ndarray, spec: GridSpec) -> np.ndarray:
+    grid = np.asarray(grid)
+    if tuple(grid.shape) != tuple(spec.shape):
+        raise ValueError(f"{name}: shape {tuple(grid.shape)}, expected {spec.shape}")
+    return np.ascontiguousarray(grid, np.uint8)
+
+
+def _uint8_field(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value.astype(np.uint8, copy=False)
+    return np.frombuffer(bytes(value), np.uint8)
+
+
+def occupancy_from_msg(msg: Any, grid: GridSpec = OCC_GRID) -> OccupancyGrid:
+    """SemanticOccupancy (or the `semantic` part of a PanopticOccupancy) -> OccupancyGrid; checks the layout."""
+    shape = (int(msg.size_x), int(msg.size_y), int(msg.size_z))
+    if shape != tuple(grid.shape):
+        raise ValueError(f"SemanticOccupancy size {shape} does not match the grid {grid.shape}")
+    origin = (msg.origin.x, msg.origin.y, msg.origin.z)
+    if not np.allclose(origin, grid.lower) or not np.isclose(msg.voxel_size.x, grid.voxel_size):
+        raise ValueError(f"SemanticOccupancy origin {origin} / voxel {msg.voxel_size.x} differ from {grid}")
+    n = shape[0] * shape[1] * shape[2]
+    labels = _uint8_field(msg.labels)
+    if labels.size != n:
+        raise ValueError(f"SemanticOccupancy.labels has {labels.size} entries, expected {n}")
+    masks = []
+    for name in ("mask_camera", "mask_lidar"):
+        mask = _uint8_field(getattr(msg, name))
+        if mask.size not in (0, n):
+            raise ValueError(f"SemanticOccupancy.{name} has {mask.size} entries, expected 0 or {n}")
+        masks.append(mask.reshape(shape) if mask.size else None)
+    return OccupancyGrid(stamp_ns(msg.header), str(msg.header.frame_id), labels.reshape(shape), *masks, str(msg.source))
+
+
+def panoptic_from_msg(msg: Any, grid: GridSpec = OCC_GRID) -> tuple[OccupancyGrid, np.ndarray]:
+    """PanopticOccupancy -> (semantic OccupancyGrid, panoptic (200, 200, 16) int32)."""
+    sem = occupancy_from_msg(msg.semantic, grid)
+    pano = msg.panoptic
+    pano = pano.astype(np.uint16, copy=False) if isinstance(pano, np.ndarray) else np.asarray(pano, np.uint16)
+    if pano.size != sem.labels.size:
+        raise ValueError(f"PanopticOccupancy.panoptic has {pano.size} entries, expected {sem.labels.size}")
+    return sem, pano.reshape(sem.labels.shape).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """A nuScenes keyframe in a converted bag: sample identity plus the exact keyframe camera stamps."""
+
+    stamp_ns: int  # sample timestamp (LIDAR_TOP keyframe) in ns
+    sample_token: str
+    scene_name: str
+    scene_token: str
+    sample_index: int
+    camera_stamps_ns: dict[str, int]  # keyframe image stamp per camera (empty when unknown)
+
+
+def sample_from_msg(msg: Any) -> SampleRecord:
+    return SampleRecord(
+        stamp_ns(msg.header),
+        str(msg.sample_token),
+        str(msg.scene_name),
+        str(msg.scene_token),
+        int(msg.sample_index),
+        {},
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bag reading
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BagMessage:
+    topic: str
+    msgtype: str
+    log_time_ns: int
+    raw: bytes
+    msg: Any  # deserialized rosbags object, or None when raw-only
+
+
+def open_reader(path: str | Path, distro: str = "kilted") -> AnyReader:
+    """An AnyReader for a rosbag2 directory (or file) that knows our message types."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"bag not found: {path}")
+    return AnyReader([path], default_typestore=make_typestore(distro))
+
+
+def iter_messages(
+    path: str | Path, topics: Iterable[str] | None = None, *, deserialize: bool = True, distro: str = "kilted"
+) -> Iterator[BagMessage]:
+    """Messages of a bag in log-time order, optionally limited to `topics`."""
+    with open_reader(path, distro) as reader:
+        wanted = None if topics is None else set(topics)
+        conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
+        for conn, log_time, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype) if deserialize else None
+            yield BagMessage(conn.topic, conn.msgtype, log_time, bytes(raw), msg)
+
+
+def topic_counts(path: str | Path) -> dict[str, tuple[str, int]]:
+    """{topic: (msgtype, message count)} from the bag's metadata."""
+    with open_reader(path) as reader:
+        out: dict[str, tuple[str, int]] = {}
+        for c in reader.connections:
+            msgtype, count = out.get(c.topic, (c.msgtype, 0))
+            out[c.topic] = (msgtype, count + c.msgcount)
+        return out
+
+
+def bag_custom_data(path: str | Path) -> dict[str, str]:
+    """The `custom_data` mapping of a rosbag2 directory's metadata.yaml (empty when there is none)."""
+    meta = Path(path) / "metadata.yaml"
+    if not meta.is_file():
+        raise FileNotFoundError(f"not a rosbag2 directory (no metadata.yaml): {path}")
+    info = yaml.safe_load(meta.read_text()).get("rosbag2_bagfile_information", {})
+    return dict(info.get("custom_data") or {})
+
+
+def read_samples(path: str | Path) -> list[SampleRecord]:
+    """The keyframes of a converted bag in time order, with their exact keyframe camera stamps when the converter
+    recorded them (custom_data), else from the /nuscenes/sample messages only."""
+    custom = bag_custom_data(path).get(SAMPLES_CUSTOM_KEY)
+    if custom:
+        return [
+            SampleRecord(
+                int(s["stamp_ns"]),
+                s["sample_token"],
+                s["scene_name"],
+                s["scene_token"],
+                int(s["sample_index"]),
+                {k: int(v) for k, v in s["camera_stamps_ns"].items()},
+            )
+            for s in json.loads(custom)
+        ]
+    return [sample_from_msg(m.msg) for m in iter_messages(path, [SAMPLE_TOPIC])]
+
+
+def samples_to_custom_data(samples: Sequence[SampleRecord]) -> str:
+    return json.dumps(
+        [
+            {
+                "stamp_ns": s.stamp_ns,
+                "sample_token": s.sample_token,
+                "scene_name": s.scene_name,
+                "scene_token": s.scene_token,
+                "sample_index": s.sample_index,
+                "camera_stamps_ns": s.camera_stamps_ns,
+            }
+            for s in samples
+        ]
+    )
+
+
+def read_occupancy(path: str | Path, topic: str = SEMANTIC_TOPIC) -> list[OccupancyGrid]:
+    """All SemanticOccupancy (or PanopticOccupancy: its semantic part) messages of `topic`, in log-time order."""
+    out = []
+    for m in iter_messages(path, [topic]):
+        out.append(panoptic_from_msg(m.msg)[0] if m.msgtype == PANOPTIC_OCCUPANCY else occupancy_from_msg(m.msg))
+    return out
+
+
+def match_to_samples(
+    samples: Sequence[SampleRecord], stamps_ns: Sequence[int], key_camera: str | None = None, tolerance_ns: int = 0
+) -> dict[str, int]:
+    """Join outputs (by header stamp) to keyframes: {sample_token: index into stamps_ns}.
+
+    With `key_camera` (the node stamps its outputs with the key camera's image stamp, CAM_FRONT_LEFT) a sample
+    matches the output stamped exactly at its keyframe image of that camera (within `tolerance_ns`); without it,
+    the output stamped at the sample timestamp. Samples without a matching output are left out."""
+    by_stamp = {int(s): i for i, s in enumerate(stamps_ns)}
+    sorted_stamps = np.array(sorted(by_stamp), dtype=np.int64)
+    out = {}
+    for s in samples:
+        want = s.camera_stamps_ns.get(key_camera) if key_camera else s.stamp_ns
+        if want is None:
+            raise ValueError(f"sample {s.sample_token} has no recorded {key_camera} keyframe stamp")
+        if want in by_stamp:
+            out[s.sample_token] = by_stamp[want]
+        elif tolerance_ns > 0 and sorted_stamps.size:
+            j = int(np.argmin(np.abs(sorted_stamps - want)))
+            if abs(int(sorted_stamps[j]) - want) <= tolerance_ns:
+                out[s.sample_token] = by_stamp[int(sorted_stamps[j])]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bag writing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def open_writer(path: str | Path, *, storage: str = "mcap", distro: str = "kilted") -> Writer:
+    """A rosbags Writer (not yet opened) for `distro`'s rosbag2 format; `path` must not exist."""
+    if storage not in STORAGES:
+        raise ValueError(f"unknown storage {storage!r}; supported: {', '.join(STORAGES)}")
+    if distro not in DISTROS:
+        raise ValueError(f"unknown ROS distro {distro!r}; supported: {', '.join(DISTROS)}")
+    return Writer(Path(path), version=BAG_VERSION[distro], storage_plugin=STORAGES[storage])
