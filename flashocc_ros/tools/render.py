@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
         if args.mask_camera and mask is None and not warned_mask:
             print("flashocc-render: --mask-camera: no mask_camera available, rendering unmasked", flush=True)
             warned_mask = True
-        cams = pred.images or (gt.images if gt is not None else None)
+        cams = pred.camera_images()
+        if cams is None and gt is not None:
+            cams = gt.camera_images()
         if cams is None and images is not None:
             cams = images.images(pred.name)
         return VideoItem(

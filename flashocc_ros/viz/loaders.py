@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +42,13 @@ class OccupancyFrame:
     mask_lidar: np.ndarray | None = None  # (X,Y,Z) bool, or None
     stamp_ns: int | None = None  # message stamp for bag frames
     images: list[np.ndarray] | None = field(default=None, repr=False)  # six RGB uint8 in CAMERA_NAMES order
+    jpegs: list[bytes | None] | None = field(default=None, repr=False)  # undecoded camera images (bags)
 
-    def with_images(self, images: list[np.ndarray] | None) -> OccupancyFrame:
-        return replace(self, images=images)
+    def camera_images(self) -> list[np.ndarray | None] | None:
+        """The six camera images (decoding attached JPEGs on demand), or None."""
+        if self.images is None and self.jpegs is not None:
+            return decode_jpegs(self.jpegs)
+        return self.images
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -160,7 +164,7 @@ class OccupancySequence(Sequence[OccupancyFrame]):
         path = Path(path)
         if is_bag(path):
             frames = read_bag_occupancy(path, topic)
-            return cls([f.name for f in frames], frames.__getitem__, f"{path} ({frames[0].source.split('#')[0]})")
+            return cls([f.name for f in frames], frames.__getitem__, f"{path}:{topic}")
         if path.is_dir():
             files = find_occupancy_files(path)
             return cls([frame_name(p) for p in files], lambda i: load_occupancy_file(files[i]), str(path))
@@ -259,10 +263,124 @@ class NuScenesImages:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Bags
+# Bags (read through flashocc_ros.bagio: the rosbags typestore with our messages)
 # ----------------------------------------------------------------------------------------------------------------
 
+SAME_FRAME_NS = 100_000_000  # stamps within 100 ms belong to the same keyframe (cameras of a sweep span ~50 ms)
 
-def read_bag_occupancy(path: str | Path, topic: str | None = None) -> list[OccupancyFrame]:
-    """Occupancy frames of one topic of a recorded bag (SemanticOccupancy or PanopticOccupancy messages)."""
-    raise OccupancyFileError(f"{path}: reading bags needs flashocc_ros.bagio, which is not available yet")
+
+def _bagio():
+    try:
+        from flashocc_ros import bagio
+    except ImportError as exc:  # pragma: no cover - bagio is part of the package
+        raise OccupancyFileError(f"reading bags needs flashocc_ros.bagio ({exc})") from None
+    return bagio
+
+
+def read_bag_occupancy(path: str | Path, topic: str | None = None, *, with_images: bool = True) -> list[OccupancyFrame]:
+    """Occupancy frames of one topic of a bag (SemanticOccupancy or PanopticOccupancy messages).
+
+    Frames are named by sample token when the bag has /nuscenes/sample (a converter bag, matched by stamp), else
+    `<topic>#<index>`. With `with_images`, the bag's keyframe JPEGs (six cameras, nearest stamp within 100 ms)
+    are attached undecoded (`OccupancyFrame.jpegs`)."""
+    bagio = _bagio()
+    topic = topic or bagio.SEMANTIC_TOPIC
+    path = Path(path)
+    try:
+        counts = bagio.topic_counts(path)
+    except Exception as exc:
+        raise OccupancyFileError(f"{path}: not a readable bag ({type(exc).__name__}: {exc})") from None
+    occupancy_types = (bagio.SEMANTIC_OCCUPANCY, bagio.PANOPTIC_OCCUPANCY)
+    if topic not in counts or counts[topic][0] not in occupancy_types:
+        usable = sorted(t for t, (mt, _) in counts.items() if mt in occupancy_types)
+        raise OccupancyFileError(f"{path}: no occupancy topic {topic!r}; occupancy topics in this bag: {usable}")
+    frames: list[OccupancyFrame] = []
+    try:
+        for i, m in enumerate(bagio.iter_messages(path, [topic])):
+            where = f"{path}: {topic} message {i}"
+            if m.msgtype == bagio.PANOPTIC_OCCUPANCY:
+                grid, panoptic = bagio.panoptic_from_msg(m.msg)
+                panoptic = check_panoptic(panoptic, where)
+            else:
+                grid, panoptic = bagio.occupancy_from_msg(m.msg), None
+            kind = "ground_truth" if grid.source == "ground_truth" else "prediction"
+            masks = [check_mask(x, where) if x is not None else None for x in (grid.mask_camera, grid.mask_lidar)]
+            frames.append(
+                OccupancyFrame(
+                    semantic=check_labels(grid.labels, where),
+                    name=f"{topic}#{i}",
+                    source=f"{path}:{topic}#{i}",
+                    kind=kind,
+                    panoptic=panoptic,
+                    mask_camera=masks[0],
+                    mask_lidar=masks[1],
+                    stamp_ns=grid.stamp_ns,
+                )
+            )
+    except OccupancyFileError:
+        raise
+    except Exception as exc:
+        raise OccupancyFileError(f"{path}: cannot read {topic} ({type(exc).__name__}: {exc})") from None
+    if not frames:
+        raise OccupancyFileError(f"{path}: topic {topic} has no messages")
+    if bagio.SAMPLE_TOPIC in counts:
+        _name_by_samples(frames, bagio.read_samples(path))
+    if with_images:
+        attach_bag_images(frames, path)
+    return frames
+
+
+def _name_by_samples(frames: list[OccupancyFrame], samples) -> None:
+    """Name frames by the sample whose timestamp or key-camera keyframe stamp is nearest (within 100 ms)."""
+    if not samples:
+        return
+    key = CAMERA_NAMES[0]
+    for frame in frames:
+        best, best_diff = None, SAME_FRAME_NS + 1
+        for s in samples:
+            for stamp in (s.stamp_ns, s.camera_stamps_ns.get(key)):
+                if stamp is not None and abs(stamp - frame.stamp_ns) < best_diff:
+                    best, best_diff = s, abs(stamp - frame.stamp_ns)
+        if best is not None:
+            frame.name = best.sample_token
+
+
+def attach_bag_images(frames: list[OccupancyFrame], path: str | Path) -> None:
+    """Attach, per frame without images, the JPEG of each camera nearest to the frame's stamp (within 100 ms)."""
+    bagio = _bagio()
+    topics = {bagio.image_topic(c): k for k, c in enumerate(CAMERA_NAMES)}
+    if not set(topics) & set(bagio.topic_counts(path)):
+        return
+    wanted = [f for f in frames if f.jpegs is None and f.stamp_ns is not None]
+    if not wanted:
+        return
+    stamps = np.array([f.stamp_ns for f in wanted], dtype=np.int64)
+    best: list[list[tuple[int, bytes] | None]] = [[None] * len(CAMERA_NAMES) for _ in wanted]
+    for m in bagio.iter_messages(path, list(topics)):
+        cam = topics[m.topic]
+        stamp = bagio.stamp_ns(m.msg.header)
+        diff = np.abs(stamps - stamp)
+        for j in np.nonzero(diff <= SAME_FRAME_NS)[0]:
+            current = best[j][cam]
+            if current is None or diff[j] < current[0]:
+                best[j][cam] = (int(diff[j]), bytes(np.asarray(m.msg.data, np.uint8)))
+    for frame, found in zip(wanted, best):
+        if any(x is not None for x in found):
+            frame.jpegs = [x[1] if x is not None else None for x in found]
+
+
+def decode_jpegs(jpegs: list[bytes | None], max_size: tuple[int, int] = (800, 450)) -> list[np.ndarray | None]:
+    """JPEG bytes -> RGB arrays, decoded at a reduced scale (Pillow draft mode) since they are shown as tiles."""
+    import io
+
+    from PIL import Image
+
+    out: list[np.ndarray | None] = []
+    for data in jpegs:
+        if data is None:
+            out.append(None)
+            continue
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", max_size)
+            out.append(np.asarray(im.convert("RGB")))
+    return out
