@@ -26,6 +26,7 @@ OFFLINE = [
     "tqdm",
     "matplotlib",
     "imageio",
+    "imageio-ffmpeg",
 ]
 ROS = [
     "ros-kilted-rclpy",
