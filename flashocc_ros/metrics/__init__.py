@@ -1,0 +1,47 @@
+"""Occupancy metrics: Occ3D mIoU (miou) and SparseOcc's RayIoU / RayPQ (ray); pure numpy / torch, no ROS."""
+
+from flashocc_ros.metrics.miou import MASK_MODES, MIoUAccumulator, MIoUResult, confusion_matrix, miou_from_confusion
+from flashocc_ros.metrics.ray import (
+    RAY_THRESHOLDS_M,
+    RAYS_PER_ORIGIN,
+    RayIoUCounts,
+    RayIoUResult,
+    RayPQCounts,
+    RayPQResult,
+    RaySample,
+    cast_rays,
+    generate_lidar_rays,
+    lidar_pitch_angles,
+    ray_geometry,
+    rayiou_counts,
+    rayiou_from_counts,
+    raypq_counts,
+    raypq_from_counts,
+    sample_rays,
+    subsample_origins,
+)
+
+__all__ = [
+    "MASK_MODES",
+    "RAYS_PER_ORIGIN",
+    "RAY_THRESHOLDS_M",
+    "MIoUAccumulator",
+    "MIoUResult",
+    "RayIoUCounts",
+    "RayIoUResult",
+    "RayPQCounts",
+    "RayPQResult",
+    "RaySample",
+    "cast_rays",
+    "confusion_matrix",
+    "generate_lidar_rays",
+    "lidar_pitch_angles",
+    "miou_from_confusion",
+    "ray_geometry",
+    "rayiou_counts",
+    "rayiou_from_counts",
+    "raypq_counts",
+    "raypq_from_counts",
+    "sample_rays",
+    "subsample_origins",
+]
