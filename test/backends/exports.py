@@ -1,0 +1,68 @@
+"""Session-wide ONNX exports and PyTorch references shared by the backend and pipeline tests (each variant is
+exported at most once per test session: ~25-80 s each on 2 cores)."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from flashocc_ros.config import get_variant
+
+_ROOT: Path | None = None
+
+
+def export_dir() -> Path:
+    global _ROOT
+    if _ROOT is None:
+        _ROOT = Path(tempfile.mkdtemp(prefix="flashocc-onnx-"))
+        atexit.register(shutil.rmtree, _ROOT, True)
+    return _ROOT
+
+
+@functools.cache
+def state_dict(short: str):
+    from flashocc_ros.weights import deterministic_state_dict
+
+    return deterministic_state_dict(get_variant(short).name, 0)
+
+
+@functools.cache
+def exported_onnx(short: str):
+    """(path, ExportReport) of the variant exported with logits, deterministic seed-0 weights."""
+    from flashocc_ros.backends.onnx_export import export_onnx
+
+    v = get_variant(short)
+    path = export_dir() / f"{v.name}.onnx"
+    report = export_onnx(v, state_dict(short), path, with_logits=True)
+    return path, report
+
+
+@functools.cache
+def reference_geometry(short: str):
+    from flashocc_ros.geometry import prepare_geometry, reference_rig
+
+    return prepare_geometry(get_variant(short), reference_rig())
+
+
+@functools.cache
+def golden_images() -> np.ndarray:
+    from flashocc_ros.weights import deterministic_images
+
+    return deterministic_images(0)[0]
+
+
+@functools.cache
+def torch_reference(short: str) -> dict[str, np.ndarray]:
+    """PyTorch eager outputs (labels, logits, center maps) on the golden seed-0 inputs."""
+    from flashocc_ros.backends.torch_runner import TorchRunner
+
+    geo = reference_geometry(short)
+    with TorchRunner(get_variant(short), state_dict(short), "cpu", with_logits=True) as runner:
+        runner.prepare(geo.pool, geo.mlp_input)
+        out = runner.infer(golden_images())
+        return {k: v.copy() for k, v in out.items()}

@@ -1,0 +1,98 @@
+"""TensorRT / GPU error paths and backend selection without a GPU; GPU-only checks skip with the reason."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from flashocc_ros.backends import BackendError, available_backends, create_runner, resolve_backend
+from flashocc_ros.backends.pooling import MAX_ROWS_PER_CELL, NUM_BEV_CELLS, POOL_INPUTS, depth_size
+from flashocc_ros.backends.tensorrt_runner import BuildOptions, cuda_device, import_tensorrt
+from flashocc_ros.config import ConfigError, ModelConfig, get_variant, load_config
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+HAS_GPU = torch.cuda.is_available()
+GPU_REASON = (
+    "needs an NVIDIA GPU with tensorrt installed"
+    + ("" if HAS_GPU else " (torch.cuda.is_available() is False)")
+    + ("" if HAS_TRT else " (tensorrt not installed)")
+)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here; the missing-package message cannot be observed")
+def test_missing_tensorrt_gives_a_clear_error():
+    with pytest.raises(BackendError, match=r"`tensorrt` is not installed.*onnxruntime or pytorch"):
+        import_tensorrt()
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is visible; the no-GPU message cannot be observed")
+def test_no_gpu_gives_a_clear_error():
+    with pytest.raises(BackendError, match="no CUDA GPU is visible"):
+        cuda_device("cuda:0")
+
+
+@pytest.mark.skipif(HAS_GPU and HAS_TRT, reason="TensorRT is usable here")
+def test_auto_falls_back_and_explicit_tensorrt_fails_clearly(tmp_path):
+    reasons = available_backends()
+    assert reasons["tensorrt"] and reasons["onnxruntime"] == "" and reasons["pytorch"] == ""
+    assert resolve_backend(ModelConfig(backend="auto")) == "onnxruntime"
+    cfg = load_config(overrides={"model": {"backend": "tensorrt", "engine_cache_dir": str(tmp_path)}})
+    with pytest.raises(BackendError, match="tensorrt|GPU"):
+        create_runner(cfg)
+    assert not any(tmp_path.iterdir())  # nothing exported or built before the failure
+
+
+def test_backend_and_precision_validation():
+    assert resolve_backend(ModelConfig(backend="pytorch")) == "pytorch"
+    assert resolve_backend(ModelConfig(backend="auto", precision="int8")) == "tensorrt"
+    with pytest.raises(ConfigError, match="int8 is only supported by the tensorrt backend"):
+        resolve_backend(ModelConfig(backend="onnxruntime", precision="int8"))
+    with pytest.raises(ConfigError, match="model.backend"):
+        create_runner(ModelConfig(backend="openvino"))
+    with pytest.raises(ConfigError, match="model.precision"):
+        create_runner(ModelConfig(precision="bf16"))
+
+
+def test_pytorch_fp16_on_cpu_is_refused():
+    with pytest.raises(BackendError, match="fp16 with the pytorch backend needs model.device cuda"):
+        create_runner(ModelConfig(variant="flashocc-r50-M0", backend="pytorch", precision="fp16"))
+
+
+@pytest.mark.parametrize("short", ["M0", "M1", "PT", "PF"])
+def test_build_profile_admits_the_nuscenes_rig_and_any_smaller_one(short):
+    from flashocc_ros.backends.pooling import pool_tables_from_indices
+    from flashocc_ros.geometry import prepare_geometry, reference_rig
+
+    v = get_variant(short)
+    prof = BuildOptions().profile(v)
+    assert set(prof) == set(POOL_INPUTS[:3])
+    tables = pool_tables_from_indices(prepare_geometry(v, reference_rig()).pool, v.depth_bins)
+    rows = prof[POOL_INPUTS[0]]
+    assert rows[0][0] == 1 and rows[1][0] == tables.num_rows and rows[2][0] == depth_size(v.depth_bins)
+    cells = prof[POOL_INPUTS[2]]
+    assert cells[1] == (tables.num_cells, tables.rows_per_cell)
+    assert cells[2] == (NUM_BEV_CELLS, MAX_ROWS_PER_CELL)
+    assert BuildOptions().canonical(v) != BuildOptions(workspace_mib=1024).canonical(v)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_GPU and HAS_TRT), reason=GPU_REASON)
+def test_tensorrt_fp16_engine_agrees_with_pytorch(tmp_path):  # pragma: no cover - needs a GPU
+    from flashocc_ros.backends.torch_runner import TorchRunner
+    from flashocc_ros.geometry import prepare_geometry, reference_rig
+    from flashocc_ros.weights import deterministic_images, deterministic_state_dict
+
+    cfg = ModelConfig(variant="flashocc-r50-M0", backend="tensorrt", device="cuda", precision="fp16")
+    cfg.engine_cache_dir = str(tmp_path)
+    v = get_variant(cfg.variant)
+    geo = prepare_geometry(v, reference_rig())
+    img = deterministic_images(0)[0]
+    with create_runner(cfg) as trt_runner, TorchRunner(v, deterministic_state_dict(v.name, 0), "cuda") as ref:
+        for r in (trt_runner, ref):
+            r.prepare(geo.pool, geo.mlp_input)
+            r.infer(img)
+        agree = float(np.mean(trt_runner.outputs["occ_labels"] == ref.outputs["occ_labels"]))
+    assert agree >= 0.999
