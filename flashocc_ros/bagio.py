@@ -163,6 +163,15 @@ def stamp_ns(header_or_stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def serialize(typestore, msg: Any, msgtype: str) -> bytes:
+    """CDR bytes as a ROS 2 publisher puts them on the wire: zero-padded to a multiple of 4 bytes.
+
+    Fast DDS delivers (and rosbag2 records) small payloads padded to 4-byte alignment; rosbags' serializer does not
+    pad. Padding here makes a played-and-recorded copy byte-identical; CDR readers (rclpy, rosbags) accept it."""
+    raw = bytes(typestore.serialize_cdr(msg, msgtype))
+    return raw + b"\0" * (-len(raw) % 4)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Message builders (rosbags dataclasses)
 # ----------------------------------------------------------------------------------------------------------------

@@ -274,7 +274,6 @@ def _load_gt(plan: ScenePlan, gts_root: Path, sample: bagio.SampleRecord) -> dic
 def _write(plan: ScenePlan, path: Path, options: ConvertOptions) -> SceneResult:
     store = bagio.make_typestore(options.distro)
     make = bagio.MessageFactory(store)
-    ser = store.serialize_cdr
     gts_root = None
     if options.occ3d_gts is not None:
         gts_root = Path(options.occ3d_gts)
@@ -294,7 +293,7 @@ def _write(plan: ScenePlan, path: Path, options: ConvertOptions) -> SceneResult:
             return conns[topic]
 
         def write(topic: str, msgtype: str, qos, stamp: int, msg) -> None:
-            writer.write(connection(topic, msgtype, qos), stamp, ser(msg, msgtype))
+            writer.write(connection(topic, msgtype, qos), stamp, bagio.serialize(store, msg, msgtype))
             counts[topic] = counts.get(topic, 0) + 1
 
         writer.set_custom_data(bagio.SAMPLES_CUSTOM_KEY, bagio.samples_to_custom_data(plan.samples))
