@@ -166,6 +166,12 @@ def run(args: argparse.Namespace) -> ev.EvaluationResult:
             raise ev.EvaluationError(f"sample {tokens[0]} has no panoptic ground truth in {pano_dir}")
         with ev._load_npz(sample_gt.path) as npz:
             gt_has_inst = "instances" in npz.files
+    if args.metric == "raypq":
+        if not gt_has_inst:
+            raise ev.EvaluationError(f"{pano_index[tokens[0]].path}: missing key 'instances' (RayPQ needs the "
+                                     "panoptic ground truth, occ3d_panoptic layout; see --pano-gt-dir)")  # fmt: skip
+        if not first_pred_inst:
+            raise ev.EvaluationError("RayPQ needs panoptic predictions ('inst' in the prediction files)")
     metrics = _metrics_for(args.metric, bool(first_pred_inst) and gt_has_inst)
     if args.metric == "all" and "raypq" not in metrics and progress:
         print("RayPQ skipped: needs 'inst' in the predictions and 'instances' in the ground truth", file=sys.stderr)

@@ -1,0 +1,140 @@
+"""flashocc-eval end to end on the synthetic dataset: prediction folders, recorded bags, reports, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from flashocc_ros import bagio
+from flashocc_ros import evaluation as ev
+from flashocc_ros.config import FREE_INDEX, KEY_CAMERA
+from flashocc_ros.tools.evaluate import main
+
+CAR = 4
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_nuscenes, tmp_path_factory):
+    """Predictions = GT with the cars removed, for every synthetic sample."""
+    pred_dir = tmp_path_factory.mktemp("eval_preds")
+    gt_index = ev.index_ground_truth(synthetic_nuscenes.occ3d_gts_dir)
+    preds = {}
+    for token, entry in gt_index.items():
+        sem = ev.load_ground_truth(entry.path).semantics.copy()
+        sem[sem == CAR] = FREE_INDEX
+        preds[token] = sem
+        ev.write_prediction(pred_dir / f"{token}.npz", sem)
+    return synthetic_nuscenes, pred_dir, preds
+
+
+def _common(ds):
+    return ["--gt-dir", str(ds.occ3d_gts_dir), "--dataroot", str(ds.dataroot), "--version", ds.version]
+
+
+def test_miou_only_needs_no_dataroot(data, capsys):
+    ds, pred_dir, _ = data
+    assert main(["miou", "--pred-dir", str(pred_dir), "--gt-dir", str(ds.occ3d_gts_dir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "6 samples: mIoU" in out and "car" in out
+    car_row = next(line for line in out.splitlines() if line.startswith("car "))
+    assert car_row.split()[1] == "0.00"
+
+
+def test_all_writes_json_and_plot(data, tmp_path, capsys):
+    ds, pred_dir, _ = data
+    rc = main(
+        ["all", "--pred-dir", str(pred_dir), *_common(ds), "--json", str(tmp_path / "r.json"),
+         "--plot", str(tmp_path / "r.png"), "--jobs", "2", "--split", "mini_val"]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "RayPQ skipped" in captured.err
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert set(summary) == {"mIoU", "RayIoU", "RayIoU@1", "RayIoU@2", "RayIoU@4"}
+    assert 0 < summary["mIoU"] < 100 and 0 < summary["RayIoU"] < 100
+    assert (tmp_path / "r.png").stat().st_size > 10_000
+    # RayIoU alone gives the same numbers (sample order and origins do not depend on the metric set)
+    assert main(["rayiou", "--pred-dir", str(pred_dir), *_common(ds), "--json", str(tmp_path / "ray.json")]) == 0
+    alone = json.loads((tmp_path / "ray.json").read_text())["summary"]
+    assert alone["RayIoU"] == summary["RayIoU"]
+
+
+def test_errors_are_reported_with_exit_code_2(data, tmp_path, capsys):
+    ds, pred_dir, preds = data
+    assert main(["rayiou", "--pred-dir", str(pred_dir), "--gt-dir", str(ds.occ3d_gts_dir)]) == 2
+    assert "need --dataroot" in capsys.readouterr().err
+    token = next(iter(preds))
+    ev.write_prediction(tmp_path / "unknown_token.npz", preds[token])
+    assert main(["miou", "--pred-dir", str(tmp_path), "--gt-dir", str(ds.occ3d_gts_dir)]) == 2
+    assert "1 predictions have no ground truth" in capsys.readouterr().err
+    partial = tmp_path / "partial"
+    ev.write_prediction(partial / f"{token}.npz", preds[token])
+    assert main(["miou", "--pred-dir", str(partial), *_common(ds), "--split", "mini_val"]) == 2
+    assert "split mini_val: 5 samples have no prediction" in capsys.readouterr().err
+    assert main(["raypq", "--pred-dir", str(partial), *_common(ds)]) == 2
+    assert "missing key 'instances'" in capsys.readouterr().err
+
+
+def _write_bag(path, ds, preds, stamp_offset_ns, with_samples=True, custom_camera_stamps=None):
+    store = bagio.make_typestore()
+    fac = bagio.MessageFactory(store)
+    nusc = ev.load_nuscenes(ds.dataroot, ds.version)
+    writer = bagio.open_writer(path)
+    writer.open()
+    try:
+        conn_sample = writer.add_connection(bagio.SAMPLE_TOPIC, bagio.SAMPLE_INFO, typestore=store)
+        conn_sem = writer.add_connection(bagio.SEMANTIC_TOPIC, bagio.SEMANTIC_OCCUPANCY, typestore=store)
+        records = []
+        for scene in nusc.scene:
+            for i, token in enumerate(ev.scene_sample_tokens(nusc, scene["token"])):
+                stamp = nusc.get("sample", token)["timestamp"] * 1000
+                cams = {KEY_CAMERA: stamp + stamp_offset_ns}
+                records.append(bagio.SampleRecord(stamp, token, scene["name"], scene["token"], i, cams))
+                if with_samples:
+                    msg = fac.sample_info(stamp, token, scene["name"], scene["token"], i)
+                    writer.write(conn_sample, stamp, bagio.serialize(store, msg, bagio.SAMPLE_INFO))
+                out = fac.semantic_occupancy(stamp + stamp_offset_ns, preds[token], source="flashocc-r50-M0")
+                writer.write(
+                    conn_sem, stamp + stamp_offset_ns + 1, bagio.serialize(store, out, bagio.SEMANTIC_OCCUPANCY)
+                )
+        if custom_camera_stamps:
+            writer.set_custom_data(bagio.SAMPLES_CUSTOM_KEY, bagio.samples_to_custom_data(records))
+    finally:
+        writer.close()
+
+
+def test_bag_input_matches_prediction_folder(data, tmp_path, capsys):
+    ds, pred_dir, preds = data
+    assert main(["all", "--pred-dir", str(pred_dir), *_common(ds), "--json", str(tmp_path / "dir.json")]) == 0
+    reference = json.loads((tmp_path / "dir.json").read_text())["summary"]
+    # node outputs stamped at the key camera image, 3 ms after the sample; sample identities recorded in the bag
+    _write_bag(tmp_path / "run", ds, preds, 3_000_000)
+    rc = main(["all", "--pred-bag", str(tmp_path / "run"), *_common(ds), "--json", str(tmp_path / "bag.json")])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "bag.json").read_text())["summary"] == reference
+    # exact join through the converted bag's keyframe camera stamps (outputs 60 ms late: beyond the tolerance)
+    _write_bag(tmp_path / "late", ds, preds, 60_000_000, with_samples=False)
+    _write_bag(tmp_path / "source", ds, preds, 60_000_000, custom_camera_stamps=True)
+    assert main(["miou", "--pred-bag", str(tmp_path / "late"), *_common(ds)]) == 2
+    assert "no /nuscenes/sample samples" in capsys.readouterr().err
+    rc = main(
+        ["miou", "--pred-bag", str(tmp_path / "late"), "--source-bag", str(tmp_path / "source"), *_common(ds),
+         "--json", str(tmp_path / "exact.json")]
+    )  # fmt: skip
+    assert rc == 0
+    exact = json.loads((tmp_path / "exact.json").read_text())
+    assert exact["num_samples"] == 6 and exact["summary"]["mIoU"] == reference["mIoU"]
+    assert main(["raypq", "--pred-bag", str(tmp_path / "run"), *_common(ds)]) == 2
+    assert "RayPQ needs flashocc_ros/msg/PanopticOccupancy" in capsys.readouterr().err
+
+
+def test_predictions_are_ordered_by_time_and_limit(data, tmp_path):
+    ds, pred_dir, _ = data
+    assert (
+        main(["miou", "--pred-dir", str(pred_dir), *_common(ds), "--limit", "2", "--json", str(tmp_path / "l.json")])
+        == 0
+    )
+    assert json.loads((tmp_path / "l.json").read_text())["num_samples"] == 2
+    assert np.isfinite(json.loads((tmp_path / "l.json").read_text())["summary"]["mIoU"])
