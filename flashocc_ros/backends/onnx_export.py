@@ -136,7 +136,7 @@ def export_onnx(
     out_path = Path(out_path)
     t0 = time.perf_counter()
     model = build_model(v.name, "cpu")  # eval mode
-    model.use_channels_last = False  # plain NCHW graph (the memory format of the weights does not matter)
+    # channels_last weights and activations (build_model default on CPU) make tracing ~2x faster; ONNX is NCHW anyway
     model.load_state_dict(state_dict, strict=True)  # refolds conv+BN for eval
     graph = ExportGraph(model, with_logits).eval()
     args = example_inputs(v)

@@ -1,0 +1,205 @@
+"""Images + calibration -> semantic (and panoptic) occupancy, on any backend. No ROS imports.
+
+``OccupancyPipeline(cfg)`` creates the configured runner (``backends.create_runner``), keeps the voxel-pooling
+indices per calibration (recomputed only when the calibration changes; a small LRU keeps recent rigs), and runs
+decode -> preprocess -> network -> postprocess (labels; for PT/PF center decoding and panoptic assignment with
+``cfg.model.pano_mode``), reporting the time of each step in milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from flashocc_ros.backends import CENTER_HEATMAP, CENTER_HEIGHT, CENTER_REG, OCC_LABELS, OCC_LOGITS, Runner
+from flashocc_ros.config import CAMERA_NAMES, IMAGE_AUG, FlashOccConfig
+from flashocc_ros.geometry import PoolIndexCache, RigCalibration
+
+TIMING_KEYS = ("decode", "preprocess", "inference", "postprocess")
+
+
+class PipelineError(ValueError):
+    """Bad pipeline input (wrong number/shape of images, no calibration); the message names the problem."""
+
+
+@dataclass
+class OccupancyResult:
+    semantic: np.ndarray  # (200, 200, 16) uint8 [ix, iy, iz]
+    panoptic: np.ndarray | None = None  # (200, 200, 16) int32 (ids >= 18 are instances) for PT/PF
+    instances: Any = None  # panoptic.InstanceTable for PT/PF
+    centers: Any = None  # centers.Centers for PT/PF
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    logits: np.ndarray | None = None  # (200, 200, 16, 18) float32, only when the pipeline keeps logits
+
+
+class OccupancyPipeline:
+    def __init__(self, cfg: FlashOccConfig, runner: Runner | None = None, with_logits: bool = False, log=print):
+        from flashocc_ros.backends import create_runner
+
+        self.cfg = cfg.validate()
+        self.variant = cfg.variant
+        self.runner = runner if runner is not None else create_runner(cfg, with_logits=with_logits, log=log)
+        if self.runner.variant.name != self.variant.name:
+            raise PipelineError(f"runner is for {self.runner.variant.name}, config wants {self.variant.name}")
+        self.backend_name = self.runner.backend
+        self._geometry = PoolIndexCache(max_entries=4)
+        self._fingerprint: str | None = None
+        self.calibration: RigCalibration | None = None
+
+    # -- calibration ----------------------------------------------------------------------------------------
+    def set_calibration(self, calib: RigCalibration) -> bool:
+        """Use ``calib`` from now on; returns True when it differs from the current one (indices recomputed or
+        taken from the per-calibration cache), False when unchanged (nothing done)."""
+        if not isinstance(calib, RigCalibration):
+            raise PipelineError(f"calibration: expected a RigCalibration, got {type(calib).__name__}")
+        fingerprint = calib.fingerprint()
+        if fingerprint == self._fingerprint:
+            return False
+        geo = self._geometry.get(self.variant.name, calib)
+        mlp = None if geo.mlp_input is None else geo.mlp_input.numpy()
+        self.runner.prepare(geo.pool, mlp)
+        self._fingerprint = fingerprint
+        self.calibration = calib
+        return True
+
+    @property
+    def pool_index_computations(self) -> int:
+        """How many times pooling indices were computed (cache misses)."""
+        return self._geometry.misses
+
+    # -- inference ------------------------------------------------------------------------------------------
+    def run(self, images) -> OccupancyResult:
+        """``images``: six RGB uint8 HxWx3 arrays in CAMERA_NAMES order (exact official preprocessing), or an
+        already preprocessed (6, 3, 256, 704) float32 array."""
+        from flashocc_ros.preprocess import preprocess_image
+
+        self._require_calibration()
+        t0 = time.perf_counter()
+        buf = self.runner.image
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype == np.float32:
+            if images.shape != buf.shape:
+                raise PipelineError(f"images: preprocessed array must be {buf.shape}, got {images.shape}")
+            np.copyto(buf, images)
+        else:
+            images = self._six(images, "images")
+            for i, img in enumerate(images):
+                img = np.asarray(img)
+                if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                    raise PipelineError(
+                        f"images[{i}] ({CAMERA_NAMES[i]}): expected RGB uint8 HxWx3, got {img.dtype} {img.shape}"
+                    )
+                self._check_size(i, img.shape[:2])
+                buf[i] = preprocess_image(img)
+        t1 = time.perf_counter()
+        return self._infer_and_postprocess({"decode": 0.0, "preprocess": (t1 - t0) * 1e3})
+
+    def run_jpeg(self, jpegs: Sequence[bytes], exact: bool = False) -> OccupancyResult:
+        """Six JPEG images (CAMERA_NAMES order). Fast path (default): DCT-scaled decode + resize in one step,
+        timed as ``decode`` (``preprocess`` is then only the copy). ``exact=True``: Pillow decode (``decode``)
+        + the official resize/crop/normalise (``preprocess``), bit-identical to ``run`` on the decoded images."""
+        from flashocc_ros.preprocess import decode_jpeg, preprocess_image, preprocess_jpeg
+
+        self._require_calibration()
+        jpegs = self._six(jpegs, "jpegs")
+        buf = self.runner.image
+        decode = prep = 0.0
+        for i, data in enumerate(jpegs):
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): expected bytes, got {type(data).__name__}")
+            t0 = time.perf_counter()
+            try:
+                self._check_size(i, _jpeg_hw(bytes(data)))
+                if exact:
+                    rgb = decode_jpeg(bytes(data))
+                    t1 = time.perf_counter()
+                    buf[i] = preprocess_image(rgb)
+                else:
+                    arr = preprocess_jpeg(bytes(data))
+                    t1 = time.perf_counter()
+                    buf[i] = arr
+            except PipelineError:
+                raise
+            except (ValueError, OSError, RuntimeError) as exc:
+                raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG ({exc})") from exc
+            t2 = time.perf_counter()
+            decode += t1 - t0
+            prep += t2 - t1
+        return self._infer_and_postprocess({"decode": decode * 1e3, "preprocess": prep * 1e3})
+
+    def _infer_and_postprocess(self, timings: dict[str, float]) -> OccupancyResult:
+        out = self.runner.infer()
+        timings["inference"] = self.runner.last_infer_ms
+        t0 = time.perf_counter()
+        semantic = out[OCC_LABELS][0].astype(np.uint8)
+        result = OccupancyResult(semantic=semantic, timings_ms=timings)
+        if OCC_LOGITS in out:
+            result.logits = out[OCC_LOGITS][0].copy()
+        if self.variant.panoptic:
+            self._panoptic(out, result)
+        timings["postprocess"] = (time.perf_counter() - t0) * 1e3
+        return result
+
+    def _panoptic(self, out, result: OccupancyResult) -> None:
+        import torch
+
+        from flashocc_ros.centers import decode_centers
+        from flashocc_ros.panoptic import assign_instances
+
+        centers = decode_centers(
+            torch.from_numpy(out[CENTER_HEATMAP]),
+            torch.from_numpy(out[CENTER_REG]),
+            torch.from_numpy(out[CENTER_HEIGHT]),
+            score_threshold=self.cfg.model.score_threshold,
+        )
+        pano = assign_instances(torch.from_numpy(result.semantic), centers, mode=self.cfg.model.pano_mode)
+        result.centers = centers
+        result.panoptic = pano.panoptic.cpu().numpy().astype(np.int32, copy=False)
+        result.instances = pano.instances
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    def _require_calibration(self) -> None:
+        if self._fingerprint is None:
+            raise PipelineError("no calibration: call set_calibration(RigCalibration) before run()")
+
+    @staticmethod
+    def _six(items, name: str) -> list:
+        items = list(items)
+        if len(items) != len(CAMERA_NAMES):
+            raise PipelineError(
+                f"{name}: expected {len(CAMERA_NAMES)} images ({', '.join(CAMERA_NAMES)}), got {len(items)}"
+            )
+        return items
+
+    def _check_size(self, i: int, hw) -> None:
+        want = tuple(self.calibration.image_hw) if self.calibration is not None else IMAGE_AUG.source_hw
+        if tuple(int(x) for x in hw) != want:
+            raise PipelineError(
+                f"images[{i}] ({CAMERA_NAMES[i]}): size {hw[1]}x{hw[0]} differs from the calibration's "
+                f"{want[1]}x{want[0]} (intrinsics are for the source image size)"
+            )
+
+    def close(self) -> None:
+        self.runner.release()
+
+    @property
+    def last_logits(self) -> np.ndarray | None:
+        """(1, 200, 200, 16, 18) logits of the last run (a view, overwritten by the next run), if kept."""
+        return self.runner.outputs.get(OCC_LOGITS)
+
+    def __enter__(self) -> OccupancyPipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _jpeg_hw(data: bytes) -> tuple[int, int]:
+    """(H, W) from the JPEG header (simplejpeg returns height, width, colorspace, subsampling)."""
+    import simplejpeg
+
+    h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+    return int(h), int(w)

@@ -1,0 +1,146 @@
+"""OccupancyPipeline: calibration caching, exact and JPEG paths, backends, timings and input errors."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from flashocc_ros.backends import OCC_LABELS
+from flashocc_ros.config import FREE_INDEX, get_variant, load_config
+from flashocc_ros.geometry import RigCalibration, reference_rig
+from flashocc_ros.pipeline import TIMING_KEYS, OccupancyPipeline, PipelineError
+from test.backends.exports import exported_onnx, golden_images, torch_reference
+
+
+def ort_config(short: str, tmp_path_factory):
+    path, _ = exported_onnx(short)
+    cache = tmp_path_factory.mktemp("cache")
+    return load_config(
+        overrides={
+            "model": {
+                "variant": get_variant(short).name,
+                "backend": "onnxruntime",
+                "engine": str(path),
+                "engine_cache_dir": str(cache),
+            }
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def m0_pipeline(tmp_path_factory):
+    pipe = OccupancyPipeline(ort_config("M0", tmp_path_factory), log=lambda s: None)
+    yield pipe
+    pipe.close()
+
+
+def moved_rig(dx: float) -> RigCalibration:
+    rig = reference_rig()
+    s2e = rig.sensor2ego.copy()
+    s2e[:, 0, 3] += dx
+    return RigCalibration(rig.intrinsics, s2e, rig.ego2global, rig.image_hw)
+
+
+def smooth_images(seed: int = 0, hw=(900, 1600)) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0 : hw[0], 0 : hw[1]].astype(np.float32)
+    out = []
+    for _ in range(6):
+        f = rng.uniform(0.002, 0.02, size=(3, 2))
+        img = np.stack([127 + 100 * np.sin(f[c, 0] * u + f[c, 1] * v + c) for c in range(3)], -1)
+        out.append(img.astype(np.uint8))
+    return out
+
+
+def test_calibration_is_cached_per_rig(m0_pipeline):
+    pipe = m0_pipeline
+    rig = reference_rig()
+    assert pipe.set_calibration(rig) is True
+    before = pipe.pool_index_computations
+    assert pipe.set_calibration(reference_rig()) is False  # same values, new object: nothing recomputed
+    assert pipe.set_calibration(moved_rig(0.5)) is True
+    assert pipe.pool_index_computations == before + 1
+    assert pipe.set_calibration(rig) is True  # back to the first rig: taken from the per-calibration cache
+    assert pipe.pool_index_computations == before + 1
+
+
+def test_preprocessed_input_matches_the_pytorch_reference(m0_pipeline):
+    m0_pipeline.set_calibration(reference_rig())
+    result = m0_pipeline.run(golden_images())
+    ref = torch_reference("M0")[OCC_LABELS][0]
+    assert result.semantic.shape == (200, 200, 16) and result.semantic.dtype == np.uint8
+    assert (result.semantic == ref).mean() >= 0.9999
+    assert result.panoptic is None and result.instances is None
+    assert set(result.timings_ms) == set(TIMING_KEYS) and result.timings_ms["inference"] > 0
+    assert m0_pipeline.backend_name == "onnxruntime"
+
+
+def test_exact_jpeg_path_equals_decoded_rgb_path_and_fast_path_runs(m0_pipeline):
+    import simplejpeg
+
+    from flashocc_ros.preprocess import decode_jpeg
+
+    m0_pipeline.set_calibration(reference_rig())
+    jpegs = [simplejpeg.encode_jpeg(img, quality=90, colorspace="RGB") for img in smooth_images()]
+    exact = m0_pipeline.run_jpeg(jpegs, exact=True)
+    exact_input = m0_pipeline.runner.image.copy()
+    rgb = m0_pipeline.run([decode_jpeg(j) for j in jpegs])
+    np.testing.assert_array_equal(exact.semantic, rgb.semantic)
+    assert exact.timings_ms["decode"] > 0 and exact.timings_ms["preprocess"] > 0
+    fast = m0_pipeline.run_jpeg(jpegs)
+    assert fast.semantic.shape == (200, 200, 16) and fast.semantic.max() <= FREE_INDEX
+    assert fast.timings_ms["decode"] > 0
+    # the fast decode path feeds the network nearly the same input (resampling differences only)
+    assert float(np.abs(m0_pipeline.runner.image - exact_input).mean()) < 0.05
+
+
+def test_bad_inputs_are_named(m0_pipeline, tmp_path_factory):
+    fresh = OccupancyPipeline(ort_config("M0", tmp_path_factory), log=lambda s: None)
+    with pytest.raises(PipelineError, match="no calibration"):
+        fresh.run(golden_images())
+    fresh.close()
+    pipe = m0_pipeline
+    pipe.set_calibration(reference_rig())
+    with pytest.raises(PipelineError, match="expected 6 images"):
+        pipe.run(smooth_images()[:5])
+    small = [np.zeros((450, 800, 3), np.uint8)] * 6
+    with pytest.raises(PipelineError, match=r"images\[0\] \(CAM_FRONT_LEFT\): size 800x450 differs"):
+        pipe.run(small)
+    with pytest.raises(PipelineError, match="RGB uint8"):
+        pipe.run([np.zeros((900, 1600), np.uint8)] * 6)
+    with pytest.raises(PipelineError, match=r"jpegs\[2\] \(CAM_FRONT_RIGHT\): cannot decode"):
+        import simplejpeg
+
+        good = simplejpeg.encode_jpeg(smooth_images()[0], colorspace="RGB")
+        pipe.run_jpeg([good, good, b"\xff\xd8garbage", good, good, good])
+    with pytest.raises(PipelineError, match="preprocessed array"):
+        pipe.run(np.zeros((6, 3, 128, 352), np.float32))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flashocc_ros.centers") is None, reason="flashocc_ros.centers missing")
+def test_panoptic_variant_returns_instances(tmp_path_factory):
+    cfg = ort_config("PT", tmp_path_factory)
+    with OccupancyPipeline(cfg, log=lambda s: None) as pipe:
+        pipe.set_calibration(reference_rig())
+        result = pipe.run(golden_images())
+    assert result.panoptic.shape == (200, 200, 16) and result.panoptic.dtype == np.int32
+    ids = np.unique(result.panoptic[result.panoptic >= 18])
+    assert set(ids.tolist()) <= set(result.instances.id.cpu().numpy().tolist())
+    things = result.panoptic >= 18
+    assert np.all(
+        result.semantic[~things & (result.panoptic != 0)] == result.panoptic[~things & (result.panoptic != 0)]
+    )
+    assert len(result.centers.score) >= len(result.instances)
+
+
+def test_pytorch_backend_through_the_config(tmp_path):
+    cfg = load_config(
+        overrides={"model": {"variant": "flashocc-r50-M0", "backend": "pytorch", "engine_cache_dir": str(tmp_path)}}
+    )
+    with OccupancyPipeline(cfg) as pipe:
+        pipe.set_calibration(reference_rig())
+        result = pipe.run(golden_images())
+    np.testing.assert_array_equal(result.semantic, torch_reference("M0")[OCC_LABELS][0])
+    assert pipe.backend_name == "pytorch"
