@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -381,6 +382,15 @@ def _write_lidar(plan: ScenePlan, frame: SensorFrame, stamp: int, make, write, r
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _start_method() -> str:
+    """fork (instant workers, copy-on-write) unless rclpy is loaded in this process: forking while DDS threads run
+    can deadlock the child, so then forkserver/spawn."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and "rclpy" not in sys.modules:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 def convert(
     dataroot: str | Path,
     version: str,
@@ -431,7 +441,7 @@ def convert(
         for plan in plans:
             done(write_scene_bag(plan, out, options))
     else:
-        ctx = multiprocessing.get_context("spawn")  # workers never inherit the devkit object or threads
+        ctx = multiprocessing.get_context(_start_method())
         with ProcessPoolExecutor(max_workers=min(jobs, len(plans)), mp_context=ctx) as pool:
             futures = [pool.submit(write_scene_bag, plan, out, options) for plan in plans]
             for future in as_completed(futures):

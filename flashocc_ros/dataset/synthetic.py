@@ -29,8 +29,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import simplejpeg
-from nuscenes.utils.geometry_utils import transform_matrix
-from nuscenes.utils.splits import mini_val, val
 from PIL import Image
 from pyquaternion import Quaternion
 
@@ -39,6 +37,7 @@ from flashocc_ros.config import CAMERA_NAMES, CLASS_COLORS, CLASS_NAMES, FREE_IN
 IMAGE_HEIGHT, IMAGE_WIDTH = 900, 1600
 LIDAR_CHANNEL = "LIDAR_TOP"
 MANIFEST_NAME = "synthetic.json"
+MINI_VAL_SCENES = ("scene-0103", "scene-0916")  # nuscenes.utils.splits.mini_val (also in the val split)
 
 SAMPLE_INTERVAL_US = 500_000  # keyframes at 2 Hz
 CAMERA_INTERVAL_US = 83_333  # cameras at 12 Hz: 6 frames per keyframe interval
@@ -247,7 +246,11 @@ def make_synthetic_nuscenes(
     """
     if num_scenes < 1 or samples_per_scene < 1:
         raise ValueError(f"num_scenes ({num_scenes}) and samples_per_scene ({samples_per_scene}) must be >= 1")
-    scene_pool = list(mini_val) + [s for s in val if s not in mini_val]
+    scene_pool = list(MINI_VAL_SCENES)
+    if num_scenes > len(scene_pool):  # importing the devkit costs seconds: only when more names are needed
+        from nuscenes.utils.splits import val
+
+        scene_pool += [s for s in val if s not in MINI_VAL_SCENES]
     if num_scenes > len(scene_pool):
         raise ValueError(f"num_scenes {num_scenes} exceeds the {len(scene_pool)} val scene names available")
     root = Path(root)
@@ -342,7 +345,12 @@ def make_world(scene_index: int, seed: int = 0) -> SyntheticWorld:
 
 
 def _pose_matrix(translation, rotation) -> np.ndarray:
-    return transform_matrix(np.asarray(translation, np.float64), Quaternion(rotation))
+    """4x4 from a translation and a (w, x, y, z) quaternion, as the devkit's transform_matrix (not imported: the
+    devkit package import alone takes seconds)."""
+    m = np.eye(4)
+    m[:3, :3] = Quaternion(rotation).rotation_matrix
+    m[:3, 3] = np.asarray(translation, np.float64)
+    return m
 
 
 # ----------------------------------------------------------------------------------------------------------------
