@@ -138,3 +138,25 @@ def test_predictions_are_ordered_by_time_and_limit(data, tmp_path):
     )
     assert json.loads((tmp_path / "l.json").read_text())["num_samples"] == 2
     assert np.isfinite(json.loads((tmp_path / "l.json").read_text())["summary"]["mIoU"])
+
+
+def test_flashocc_predict_then_eval(data, tmp_path, capsys):
+    """Offline batch prediction from the dataset (untrained deterministic M0 weights, PyTorch on CPU) -> eval."""
+    from flashocc_ros.tools.predict import main as predict
+
+    ds = data[0]
+    out = tmp_path / "preds"
+    common = ["--dataroot", str(ds.dataroot), "--version", ds.version, "--split", "mini_val", "--out", str(out)]
+    assert predict([*common, "--variant", "M0", "--backend", "pytorch", "--limit", "1", "--no-progress"]) == 0
+    (token_file,) = out.glob("*.npz")
+    assert token_file.stem == ds.sample_tokens[0]  # the first keyframe of the first mini_val scene
+    pred = ev.load_prediction(token_file)
+    assert pred.semantic.shape == (200, 200, 16) and pred.semantic.max() <= FREE_INDEX
+    before = token_file.stat().st_mtime_ns
+    assert predict([*common, "--variant", "M0", "--backend", "pytorch", "--limit", "1", "--no-progress"]) == 0
+    assert token_file.stat().st_mtime_ns == before  # resumable: existing predictions are kept
+    assert "wrote 0 predictions" in capsys.readouterr().out
+    assert main(["all", "--pred-dir", str(out), *_common(ds), "--no-progress"]) == 0
+    assert "1 samples: mIoU" in capsys.readouterr().out
+    assert predict([*common, "--variant", "X9"]) == 2
+    assert "unknown model variant 'X9'" in capsys.readouterr().err

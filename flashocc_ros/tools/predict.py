@@ -1,0 +1,149 @@
+"""flashocc-predict: offline batch prediction over a nuScenes split, straight from the dataset (no ROS).
+
+For every keyframe of the split's scenes: the six camera JPEGs and their calibration (nuscenes-devkit: intrinsics,
+camera -> ego and ego -> global of each camera's sample_data) go through ``OccupancyPipeline`` (configured model,
+backend and the exact official preprocessing by default); the result is written as ``<out>/<sample_token>.npz``
+(``pred`` uint8, plus ``inst`` int32 for panoptic variants), ready for flashocc-eval. Existing files are kept
+(the run can be resumed) unless --overwrite.
+
+  flashocc-predict --dataroot data/nuscenes --version v1.0-trainval --split val --out preds_m0 \\
+                   --variant flashocc-r50-M0 --checkpoint flashocc-r50-M0.pth --backend pytorch
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from flashocc_ros import evaluation as ev
+from flashocc_ros.config import BACKENDS, CAMERA_NAMES, PRECISIONS, ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flashocc-predict",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataroot", type=Path, required=True, help="nuScenes dataroot")
+    p.add_argument("--version", default="v1.0-trainval", help="nuScenes version (default v1.0-trainval)")
+    p.add_argument("--split", default="val", help="nuScenes split whose scenes are predicted (default val)")
+    p.add_argument("--out", type=Path, required=True, help="output folder for <sample_token>.npz")
+    p.add_argument("--config", type=Path, help="FlashOcc YAML config (config/<variant>.yaml); options below override")
+    p.add_argument("--variant", help="model variant (official config name or M0/M1/PT/PF)")
+    p.add_argument("--checkpoint", help="checkpoint .pth (default: the config's; empty = untrained weights)")
+    p.add_argument("--engine", help="TensorRT engine / ONNX file for those backends")
+    p.add_argument("--backend", choices=BACKENDS, help="inference backend")
+    p.add_argument("--device", help="cpu | cuda | cuda:N")
+    p.add_argument("--precision", choices=PRECISIONS, help="engine precision")
+    p.add_argument("--fast-jpeg", action="store_true", help="DCT-scaled JPEG decode (faster, not bit-exact)")
+    p.add_argument("--limit", type=int, default=0, help="predict only the first N samples (0 = all)")
+    p.add_argument("--overwrite", action="store_true", help="recompute existing prediction files")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _model_overrides(args: argparse.Namespace) -> dict:
+    from flashocc_ros.config import get_variant
+
+    model: dict = {}
+    if args.variant:
+        try:
+            model["variant"] = get_variant(args.variant).name
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    for key in ("checkpoint", "engine", "backend", "device", "precision"):
+        value = getattr(args, key)
+        if value is not None:
+            model[key] = value
+    return {"model": model} if model else {}
+
+
+def split_sample_tokens(nusc, split: str) -> list[str]:
+    """Keyframes of the split's scenes, scene by scene (table order), in time order."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    splits = create_splits_scenes()
+    if split not in splits:
+        raise ev.EvaluationError(f"unknown split {split!r}; known: {', '.join(sorted(splits))}")
+    names = set(splits[split])
+    tokens = []
+    for scene in nusc.scene:
+        if scene["name"] in names:
+            tokens += ev.scene_sample_tokens(nusc, scene["token"])
+    if not tokens:
+        raise ev.EvaluationError(f"no scene of split {split!r} in {nusc.dataroot} ({nusc.version})")
+    return tokens
+
+
+def sample_inputs(nusc, sample_token: str):
+    """(six JPEG byte strings, RigCalibration) of a keyframe, cameras in network order."""
+    from nuscenes.utils.geometry_utils import transform_matrix
+    from pyquaternion import Quaternion
+
+    from flashocc_ros.geometry import RigCalibration
+
+    sample = nusc.get("sample", sample_token)
+    jpegs, intrinsics, sensor2ego, ego2global, hw = [], [], [], [], None
+    for cam in CAMERA_NAMES:
+        if cam not in sample["data"]:
+            raise ev.EvaluationError(f"sample {sample_token} has no {cam} image")
+        sd = nusc.get("sample_data", sample["data"][cam])
+        cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        pose = nusc.get("ego_pose", sd["ego_pose_token"])
+        path = Path(nusc.dataroot) / sd["filename"]
+        try:
+            jpegs.append(path.read_bytes())
+        except FileNotFoundError:
+            raise ev.EvaluationError(f"camera image not found: {path}") from None
+        intrinsics.append(np.array(cs["camera_intrinsic"], dtype=np.float64))
+        sensor2ego.append(transform_matrix(np.array(cs["translation"]), Quaternion(cs["rotation"])))
+        ego2global.append(transform_matrix(np.array(pose["translation"]), Quaternion(pose["rotation"])))
+        hw = (int(sd["height"]), int(sd["width"])) if sd.get("height") else hw
+    calib = RigCalibration(np.stack(intrinsics), np.stack(sensor2ego), np.stack(ego2global), hw or (900, 1600))
+    return jpegs, calib
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from flashocc_ros.pipeline import OccupancyPipeline
+
+    cfg = load_config(args.config, _model_overrides(args))
+    nusc = ev.load_nuscenes(args.dataroot, args.version)
+    tokens = split_sample_tokens(nusc, args.split)
+    if args.limit:
+        tokens = tokens[: args.limit]
+    todo = [t for t in tokens if args.overwrite or not (args.out / f"{t}.npz").exists()]
+    if len(todo) < len(tokens) and not args.no_progress:
+        print(f"{len(tokens) - len(todo)} predictions exist in {args.out}; skipping them", file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not todo:
+        return 0
+    with OccupancyPipeline(cfg, log=(lambda *a: None) if args.no_progress else print) as pipeline:
+        for token in tqdm(todo, desc=f"predict {cfg.variant.short}", unit="sample", disable=args.no_progress):
+            jpegs, calib = sample_inputs(nusc, token)
+            pipeline.set_calibration(calib)
+            result = pipeline.run_jpeg(jpegs, exact=not args.fast_jpeg)
+            ev.write_prediction(args.out / f"{token}.npz", result.semantic, result.panoptic)
+    return len(todo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flashocc_ros.pipeline import PipelineError
+
+    args = build_parser().parse_args(argv)
+    try:
+        n = run(args)
+    except (ev.EvaluationError, ConfigError, PipelineError, FileNotFoundError) as exc:
+        print(f"flashocc-predict: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} predictions to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
