@@ -1,0 +1,543 @@
+"""flashocc_node over real DDS: the node runs in a subprocess, the test publishes six synthetic camera streams
+(compressed and raw) with CameraInfo and /tf_static, and checks outputs, offline parity, bad inputs and overload.
+
+Real pipeline, variant flashocc-r50-M0 on CPU with deterministic weights (one forward ~2-3 s here), so the number
+of processed frames is kept small. Images are 800x450 (half the nuScenes size, K scaled by 0.5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flashocc_ros.config import CAMERA_NAMES, FREE_INDEX, OCC_GRID, load_config
+
+from .conftest import REPO_ROOT, _used_domains, require_ros, wait_for
+
+pytestmark = pytest.mark.ros
+
+RIG = json.loads((Path(__file__).parent / "data" / "nuscenes_rig.json").read_text())["cameras"]
+W, H = 800, 450
+SCALE = W / 1600.0
+VARIANT = "flashocc-r50-M0"
+PARAMS_FILE = REPO_ROOT / "config" / f"{VARIANT}.yaml"
+T0_NS = 1_700_000_000 * 1_000_000_000
+OFFSETS_MS = [30, 0, 10, 40, 25, 15]  # per-camera offsets inside one sweep (nuScenes-like)
+STARTUP_TIMEOUT = 120.0
+OUTPUT_TIMEOUT = 60.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic rig
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def intrinsics(cam: str) -> np.ndarray:
+    K = np.asarray(RIG[cam]["K"], dtype=np.float64).reshape(3, 3)
+    K[:2] *= SCALE
+    return K
+
+
+def sensor2ego(cam: str) -> np.ndarray:
+    from flashocc_ros.tf_tree import quaternion_xyzw_to_matrix, rigid
+
+    w, x, y, z = RIG[cam]["rotation_wxyz"]
+    return rigid(quaternion_xyzw_to_matrix(x, y, z, w), RIG[cam]["translation"])
+
+
+def make_image(cam_index: int, frame: int, h: int = H, w: int = W) -> np.ndarray:
+    """Smooth textured RGB image, deterministic per (camera, frame)."""
+    import cv2
+
+    rng = np.random.default_rng([cam_index, frame, 7])
+    coarse = rng.uniform(0, 255, size=(h // 25 + 2, w // 25 + 2, 3)).astype(np.float32)
+    img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    img += rng.normal(0, 6, size=img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def encode(rgb: np.ndarray) -> bytes:
+    import simplejpeg
+
+    return simplejpeg.encode_jpeg(rgb, quality=90, colorspace="RGB")
+
+
+def rig_calibration():
+    from flashocc_ros.geometry import RigCalibration
+
+    return RigCalibration(
+        np.stack([intrinsics(c) for c in CAMERA_NAMES]), np.stack([sensor2ego(c) for c in CAMERA_NAMES]), None, (H, W)
+    )
+
+
+def stamp_of(frame: int) -> int:
+    return T0_NS + frame * 500_000_000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Node under test (subprocess) and the test's ROS side
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class NodeProcess:
+    def __init__(self, env: dict, params: dict[str, str]):
+        cmd = [sys.executable, "-m", "flashocc_ros.node", "--ros-args", "--params-file", str(PARAMS_FILE)]
+        for key, value in params.items():
+            cmd += ["-p", f"{key}:={value}"]
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def find(self, pattern: str, start: int = 0) -> str | None:
+        rx = re.compile(pattern)
+        return next((line for line in self.lines[start:] if rx.search(line)), None)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+        raise AssertionError("no VmRSS")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        return self.proc.returncode
+
+
+class Driver:
+    """The test's node: camera/CameraInfo/TF publishers and output subscribers."""
+
+    def __init__(self, context, transport: str):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+        from tf2_msgs.msg import TFMessage
+
+        from flashocc_ros.msg import InferenceTiming, SemanticOccupancy
+
+        self.node = rclpy.create_node("flashocc_test_driver", context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.transport = transport
+        self.node_log = lambda: ""
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(
+            depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
+        pattern = "/{camera}/image/compressed" if transport == "compressed" else "/{camera}/image"
+        msg_type = CompressedImage if transport == "compressed" else Image
+        self.image_pubs = [
+            self.node.create_publisher(msg_type, pattern.format(camera=c), reliable) for c in CAMERA_NAMES
+        ]
+        self.info_pubs = [self.node.create_publisher(CameraInfo, f"/{c}/camera_info", reliable) for c in CAMERA_NAMES]
+        self.tf_static_pub = self.node.create_publisher(TFMessage, "/tf_static", latched)
+        self.tf_pub = self.node.create_publisher(TFMessage, "/tf", reliable)
+        self.outputs: dict[str, dict[int, object]] = {"semantic": {}, "points": {}, "timing": {}}
+        for key, typ, topic in (
+            ("semantic", SemanticOccupancy, "/occupancy/semantic"),
+            ("points", PointCloud2, "/occupancy/points"),
+            ("timing", InferenceTiming, "/occupancy/timing"),
+        ):
+            self.node.create_subscription(typ, topic, self._store(key), reliable)
+
+    def _store(self, key):
+        def callback(msg):
+            stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+            self.outputs[key][stamp] = msg
+
+        return callback
+
+    def spin(self, seconds: float = 0.05) -> None:
+        self.executor.spin_once(timeout_sec=seconds)
+
+    def spin_for(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.spin(0.02)
+
+    def wait_connected(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        def ready():
+            return all(p.get_subscription_count() >= 1 for p in self.image_pubs) and all(
+                self.node.count_publishers(t) >= 1 for t in ("/occupancy/semantic", "/occupancy/timing")
+            )
+
+        wait_for(ready, timeout, self.spin, "flashocc_node subscriptions/publishers")
+        self.spin_for(0.3)
+
+    def publish_tf_static(self, extra: list[tuple[str, str, np.ndarray]] = ()) -> None:
+        from tf2_msgs.msg import TFMessage
+
+        transforms = [self._transform("base_link", c, sensor2ego(c), 0) for c in CAMERA_NAMES]
+        transforms += [self._transform(p, c, m, 0) for p, c, m in extra]
+        self.tf_static_pub.publish(TFMessage(transforms=transforms))
+
+    def publish_tf(self, parent: str, child: str, matrix: np.ndarray, stamp_ns: int) -> None:
+        from tf2_msgs.msg import TFMessage
+
+        self.tf_pub.publish(TFMessage(transforms=[self._transform(parent, child, matrix, stamp_ns)]))
+
+    @staticmethod
+    def _transform(parent, child, matrix, stamp_ns):
+        from geometry_msgs.msg import TransformStamped
+
+        t = TransformStamped()
+        t.header.frame_id, t.child_frame_id = parent, child
+        t.header.stamp.sec, t.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+        R, p = matrix[:3, :3], matrix[:3, 3]
+        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (float(v) for v in p)
+        # rotation matrix -> quaternion (x, y, z, w); R is a proper rotation with w well away from 0 here or not:
+        # use the robust branch on the largest diagonal term.
+        q = _matrix_to_quaternion_xyzw(R)
+        t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z, t.transform.rotation.w = q
+        return t
+
+    def publish_infos(self, K_override: dict[int, list[float]] | None = None, size=(W, H)) -> None:
+        from sensor_msgs.msg import CameraInfo
+
+        for i, cam in enumerate(CAMERA_NAMES):
+            info = CameraInfo()
+            info.header.frame_id = cam
+            info.width, info.height = size
+            k = (K_override or {}).get(i)
+            info.k = [float(v) for v in (k if k is not None else intrinsics(cam).ravel())]
+            self.info_pubs[i].publish(info)
+
+    def publish_set(
+        self,
+        stamp_ns: int,
+        images: list,
+        skip: tuple[int, ...] = (),
+        frame_ids: dict[int, str] | None = None,
+        encoding: str = "rgb8",
+    ) -> None:
+        """Publish one sweep: camera i at stamp + OFFSETS_MS[i] - OFFSETS_MS[0] (the key camera at `stamp_ns`)."""
+        from sensor_msgs.msg import CompressedImage, Image
+
+        order = sorted(range(6), key=lambda i: OFFSETS_MS[i])
+        for i in order:
+            if i in skip:
+                continue
+            cam_stamp = stamp_ns + (OFFSETS_MS[i] - OFFSETS_MS[0]) * 1_000_000
+            if self.transport == "compressed":
+                msg = CompressedImage(format="jpeg")
+                msg.data = images[i]
+            else:
+                rgb = images[i]
+                msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding=encoding, step=rgb.shape[1] * 3)
+                msg.data = (rgb[..., ::-1] if encoding == "bgr8" else rgb).tobytes()
+            msg.header.frame_id = (frame_ids or {}).get(i, CAMERA_NAMES[i])
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(cam_stamp, 1_000_000_000)
+            self.image_pubs[i].publish(msg)
+            self.spin(0.0)
+
+    def wait_output(self, stamp_ns: int, timeout: float = OUTPUT_TIMEOUT, keys=("semantic", "timing")) -> dict:
+        try:
+            wait_for(lambda: all(stamp_ns in self.outputs[k] for k in keys), timeout, self.spin, f"outputs {stamp_ns}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; node log tail:\n{self.node_log()[-3000:]}") from None
+        return {k: self.outputs[k][stamp_ns] for k in keys}
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def _matrix_to_quaternion_xyzw(R: np.ndarray) -> tuple[float, float, float, float]:
+    m = R
+    tr = m[0, 0] + m[1, 1] + m[2, 2]
+    if tr > 0:
+        s = np.sqrt(tr + 1.0) * 2
+        w, x, y, z = 0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
+        w, x, y, z = (m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s
+    elif m[1, 1] > m[2, 2]:
+        s = np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
+        w, x, y, z = (m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s
+    else:
+        s = np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
+        w, x, y, z = (m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s
+    return float(x), float(y), float(z), float(w)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fixtures: one node per transport for the whole module, the offline reference pipeline
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _module_env(tmp_path_factory) -> dict:
+    while True:
+        domain = random.randint(1, 200)
+        if domain not in _used_domains:
+            _used_domains.add(domain)
+            break
+    log_dir = tmp_path_factory.mktemp("ros_log")
+    env = dict(os.environ)
+    env.update(ROS_DOMAIN_ID=str(domain), ROS_LOG_DIR=str(log_dir), PYTHONUNBUFFERED="1")
+    return env
+
+
+def _context(env):
+    import rclpy
+
+    os.environ["ROS_LOG_DIR"] = env["ROS_LOG_DIR"]
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=int(env["ROS_DOMAIN_ID"]))
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def offline_pipeline():
+    """The offline pipeline (what flashocc-infer runs) with the same parameters file and calibration."""
+    require_ros()
+    from flashocc_ros.pipeline import OccupancyPipeline
+
+    pipe = OccupancyPipeline(load_config(PARAMS_FILE))
+    pipe.set_calibration(rig_calibration())
+    return pipe
+
+
+def _start(tmp_path_factory, transport: str, extra_params: dict | None = None):
+    require_ros()
+    env = _module_env(tmp_path_factory)
+    params = {"cameras.transport": transport, "diagnostics.camera_timeout_s": "1.0"}
+    if transport == "raw":
+        params["cameras.image_topic"] = "/{camera}/image"
+    params.update(extra_params or {})
+    node = NodeProcess(env, params)
+    ctx = _context(env)
+    driver = Driver(ctx, transport)
+    driver.node_log = node.log
+    try:
+        driver.publish_tf_static()
+        driver.wait_connected()
+    except AssertionError:
+        node.stop()
+        raise AssertionError("node did not come up:\n" + node.log()) from None
+    return node, driver, ctx
+
+
+@pytest.fixture(scope="module")
+def compressed_node(tmp_path_factory):
+    node, driver, ctx = _start(tmp_path_factory, "compressed")
+    yield node, driver
+    driver.close()
+    ctx.try_shutdown()
+    assert node.stop() == 0, node.log()
+
+
+@pytest.fixture(scope="module")
+def raw_node(tmp_path_factory):
+    node, driver, ctx = _start(tmp_path_factory, "raw")
+    yield node, driver
+    driver.close()
+    ctx.try_shutdown()
+    assert node.stop() == 0, node.log()
+
+
+def good_jpegs(frame: int) -> list[bytes]:
+    return [encode(make_image(i, frame)) for i in range(6)]
+
+
+def semantic_of(msg) -> np.ndarray:
+    from flashocc_ros.ros_convert import msg_to_semantic
+
+    return msg_to_semantic(msg)
+
+
+def check_header(msg, stamp_ns: int) -> None:
+    assert int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec) == stamp_ns
+    assert msg.header.frame_id == "base_link"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_compressed_outputs_match_offline_pipeline(compressed_node, offline_pipeline):
+    node, driver = compressed_node
+    jpegs = good_jpegs(0)
+    driver.publish_infos()
+    driver.spin_for(0.2)
+    driver.publish_set(stamp_of(0), jpegs)
+    out = driver.wait_output(stamp_of(0), keys=("semantic", "points", "timing"))
+
+    sem = out["semantic"]
+    check_header(sem, stamp_of(0))
+    assert (sem.size_x, sem.size_y, sem.size_z) == OCC_GRID.shape and sem.source == VARIANT
+    grid = semantic_of(sem)
+    expected = offline_pipeline.run_jpeg(jpegs).semantic
+    np.testing.assert_array_equal(grid, expected)
+
+    points = out["points"]
+    check_header(points, stamp_of(0))
+    assert points.width == int((grid != FREE_INDEX).sum())
+
+    timing = out["timing"]
+    check_header(timing, stamp_of(0))
+    assert timing.frames_processed >= 1 and timing.inference_ms > 0 and timing.total_ms >= timing.inference_ms
+    assert timing.sync_spread_ms == pytest.approx(max(OFFSETS_MS) - min(OFFSETS_MS), abs=0.01)
+    assert node.find(r"voxel-pooling indices recomputed") is not None
+
+
+def expect_warning(node: NodeProcess, driver: Driver, pattern: str, start: int, timeout: float = 20.0) -> None:
+    wait_for(lambda: node.find(pattern, start) is not None, timeout, driver.spin, f"warning /{pattern}/")
+
+
+def test_compressed_bad_inputs_are_reported_and_the_next_good_frame_is_served(compressed_node):
+    node, driver = compressed_node
+    jpegs = good_jpegs(1)
+    frame = 10
+
+    def case(pattern, **publish_kwargs):
+        nonlocal frame
+        frame += 1
+        start = len(node.lines)
+        images = publish_kwargs.pop("images", jpegs)
+        driver.publish_set(stamp_of(frame), images, **publish_kwargs)
+        expect_warning(node, driver, pattern, start)
+        assert stamp_of(frame) not in driver.outputs["semantic"]
+
+    # Corrupt JPEG body (valid header) on CAM_BACK.
+    corrupt = list(jpegs)
+    body = bytearray(corrupt[4])
+    body[len(body) // 3 : len(body) // 3 + 2000] = bytes(2000)
+    corrupt[4] = bytes(body[: len(body) // 2])
+    case(r"CAM_BACK/image/compressed: corrupt JPEG", images=corrupt)
+    # Not a JPEG at all.
+    garbage = list(jpegs)
+    garbage[2] = b"not a jpeg at all"
+    case(r"CAM_FRONT_RIGHT/image/compressed: .*not a JPEG", images=garbage)
+    # Wrong size vs CameraInfo.
+    small = list(jpegs)
+    small[1] = encode(make_image(1, 1, h=400, w=720))
+    case(r"CAM_FRONT/image/compressed: image is 720x400 but its CameraInfo says 800x450", images=small)
+    # Missing transform for a camera frame.
+    case(r"no transform base_link <- CAM_NOWHERE", frame_ids={3: "CAM_NOWHERE"})
+    # Stale dynamic transform: CAM_BACK_RIGHT mounted on a moving arm whose /tf is 30 s old.
+    driver.publish_tf_static(extra=[("arm", "cam_on_arm", sensor2ego("CAM_BACK_RIGHT"))])
+    driver.publish_tf("base_link", "arm", np.eye(4), stamp_of(frame + 1) - 30_000_000_000)
+    driver.spin_for(0.3)
+    case(r"stale transform base_link <- cam_on_arm", frame_ids={5: "cam_on_arm"})
+    # CameraInfo with zero K, then with NaN.
+    driver.publish_infos(K_override={1: [0.0] * 9})
+    expect_warning(node, driver, r"/CAM_FRONT/camera_info: K is all zeros", 0)
+    case(r"/CAM_FRONT/camera_info: K is all zeros")
+    nan_k = list(intrinsics("CAM_FRONT").ravel())
+    nan_k[2] = float("nan")
+    start = len(node.lines)
+    driver.publish_infos(K_override={1: nan_k})
+    expect_warning(node, driver, r"/CAM_FRONT/camera_info: K contains NaN", start)
+    driver.publish_infos()
+    driver.spin_for(0.3)
+    # A silent camera: CAM_BACK_LEFT stops publishing.
+    start = len(node.lines)
+    for _ in range(3):
+        frame += 1
+        driver.publish_set(stamp_of(frame), jpegs, skip=(3,))
+        driver.spin_for(0.5)
+    expect_warning(node, driver, r"camera CAM_BACK_LEFT .*silent for .* while other cameras publish", start)
+    assert not any(stamp_of(f) in driver.outputs["semantic"] for f in range(frame - 2, frame + 1))
+
+    # The next good frame is served.
+    frame += 1
+    driver.publish_set(stamp_of(frame), jpegs)
+    out = driver.wait_output(stamp_of(frame))
+    check_header(out["semantic"], stamp_of(frame))
+    assert out["timing"].images_rejected >= 3
+    assert out["timing"].sets_incomplete >= 3
+
+    # Time going backwards (bag loop): the state is reset and the new timeline is served.
+    start = len(node.lines)
+    back = stamp_of(frame) - 100_000_000_000
+    driver.publish_set(back, jpegs)
+    expect_warning(node, driver, r"time went backwards .*synchronizer state cleared", start)
+    check_header(driver.wait_output(back)["semantic"], back)
+    assert node.proc.poll() is None
+
+
+def test_raw_bgr8_outputs_match_offline_pipeline(raw_node, offline_pipeline):
+    node, driver = raw_node
+    images = [make_image(i, 3) for i in range(6)]
+    driver.publish_infos()
+    driver.spin_for(0.2)
+    driver.publish_set(stamp_of(100), images, encoding="bgr8")
+    out = driver.wait_output(stamp_of(100))
+    check_header(out["semantic"], stamp_of(100))
+    expected = offline_pipeline.run(images).semantic
+    np.testing.assert_array_equal(semantic_of(out["semantic"]), expected)
+
+    start = len(node.lines)
+    driver.publish_set(stamp_of(101), images, encoding="mono8")
+    expect_warning(node, driver, r"CAM_FRONT_LEFT/image: encoding 'mono8' is not supported", start)
+
+
+def test_raw_overload_keeps_latency_bounded_and_memory_flat(raw_node):
+    node, driver = raw_node
+    images = [make_image(i, 4) for i in range(6)]
+    driver.publish_infos()
+    # Measure the processing time on one frame, then publish at twice that rate.
+    driver.publish_set(stamp_of(200), images)
+    first = driver.wait_output(stamp_of(200))["timing"]
+    period = max(first.total_ms / 1000.0 / 2.0, 0.05)
+    rss_start = node.rss_mb()
+    n_sets = 6
+    for k in range(n_sets):
+        driver.publish_set(stamp_of(201 + k), images)
+        driver.spin_for(period)
+    last = stamp_of(200 + n_sets)
+    driver.wait_output(last)
+    driver.spin_for(0.5)
+    rss_end = node.rss_mb()
+    timings = [driver.outputs["timing"][s] for s in sorted(driver.outputs["timing"]) if s > stamp_of(200)]
+    processing_ms = float(np.median([t.total_ms for t in timings]))
+    latencies = [t.latency_ms for t in timings]
+    # Latest wins: a set waits at most for the frame in progress, then its own processing.
+    assert max(latencies) < 3.0 * processing_ms + 500.0, (latencies, processing_ms)
+    assert timings[-1].sets_replaced >= 1
+    assert len(timings) < n_sets  # some sets were replaced, not queued
+    assert rss_end - rss_start < 100.0, (rss_start, rss_end)
+
+
+def test_bad_parameters_fail_at_start_with_a_clear_message(tmp_path_factory):
+    require_ros()
+    env = _module_env(tmp_path_factory)
+    for params, pattern in (
+        ({"model.backend": "fast"}, r"configuration error: model.backend: 'fast' is not one of"),
+        ({"sync.max_spread_ms": "50"}, r"configuration error: parameter sync.max_spread_ms: expected float, got 50"),
+        ({"cameras.image_topic": "/images"}, r"cameras.image_topic: '/images' must contain '\{camera\}'"),
+    ):
+        node = NodeProcess(env, params)
+        node.proc.wait(timeout=60)
+        node._reader.join(5)
+        assert node.proc.returncode == 2, node.log()
+        assert node.find(pattern) is not None, node.log()
