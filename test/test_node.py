@@ -541,3 +541,25 @@ def test_bad_parameters_fail_at_start_with_a_clear_message(tmp_path_factory):
         node._reader.join(5)
         assert node.proc.returncode == 2, node.log()
         assert node.find(pattern) is not None, node.log()
+
+
+def test_checkpoint_of_another_variant_fails_at_start(tmp_path_factory):
+    require_ros()
+    import torch
+
+    from flashocc_ros.checkpoint import variant_shapes
+
+    # Right keys and shapes of flashocc-r50 (M1), stored as zero-stride views so the file stays tiny.
+    sd = {
+        k: torch.zeros(1).expand(shape) if shape else torch.zeros(())
+        for k, shape in variant_shapes("flashocc-r50").items()
+    }
+    path = tmp_path_factory.mktemp("ckpt") / "m1.pth"
+    torch.save({"state_dict": sd}, path)
+    node = NodeProcess(_module_env(tmp_path_factory), {"model.checkpoint": str(path)})
+    node.proc.wait(timeout=120)
+    node._reader.join(5)
+    assert node.proc.returncode == 1, node.log()
+    assert node.find(r"failed to start: .*does not match variant 'flashocc-r50-M0'.*'flashocc-r50'") is not None, (
+        node.log()
+    )
