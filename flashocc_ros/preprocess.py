@@ -127,7 +127,7 @@ def jpeg_size(jpeg: bytes) -> tuple[int, int]:
     """(H, W) of a JPEG without decoding it."""
     import simplejpeg
 
-    w, h, _, _ = simplejpeg.decode_jpeg_header(jpeg)
+    h, w, _, _ = simplejpeg.decode_jpeg_header(jpeg)  # simplejpeg returns (height, width, colorspace, subsampling)
     return int(h), int(w)
 
 
