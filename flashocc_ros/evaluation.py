@@ -142,6 +142,11 @@ def load_prediction(path: str | Path, need_instances: bool = False) -> Predictio
     return pred
 
 
+def ground_truth_has_instances(path: str | Path) -> bool:
+    with _load_npz(Path(path)) as npz:
+        return "instances" in npz.files
+
+
 def prediction_has_instances(path: str | Path) -> bool:
     with _load_npz(Path(path)) as npz:
         return PRED_INSTANCE_KEY in npz.files

@@ -68,12 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def bag_predictions(
     pred_bag: Path, source_bag: Path | None, topic: str | None, tolerance_ms: float, need_instances: bool
-) -> tuple[dict[str, int], Iterator[tuple[str, ev.Prediction]], str]:
+) -> tuple[dict[str, int], Iterator[tuple[str, ev.Prediction]], str, bool]:
     """Join the node's outputs in ``pred_bag`` to nuScenes samples.
 
     Sample identities and keyframe camera stamps come from ``source_bag`` (the converted bag that was played) or,
     without it, from the /nuscenes/sample messages recorded in ``pred_bag``. Returns ({token: message index},
-    an iterator of (token, Prediction) in bag order, the topic used).
+    an iterator of (token, Prediction) in bag order, the topic used, whether it carries instance ids).
     """
     from flashocc_ros import bagio
 
@@ -112,7 +112,7 @@ def bag_predictions(
             if i in token_of:
                 yield token_of[i], decode(m.msg)
 
-    return match, iterate(), topic
+    return match, iterate(), topic, msgtype == bagio.PANOPTIC_OCCUPANCY
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,14 +141,9 @@ def run(args: argparse.Namespace) -> ev.EvaluationResult:
         tokens = list(preds)
         first_pred_inst = ev.prediction_has_instances(preds[tokens[0]])
     else:
-        from flashocc_ros import bagio
-
-        first_pred_inst = bagio.PANOPTIC_TOPIC in bagio.topic_counts(args.pred_bag) if not args.pred_topic else None
-        want_inst = args.metric == "raypq" or (args.metric == "all" and bool(first_pred_inst))
-        match, bag_stream, topic = bag_predictions(
-            args.pred_bag, args.source_bag, args.pred_topic, args.match_tolerance_ms, want_inst
+        match, bag_stream, topic, first_pred_inst = bag_predictions(
+            args.pred_bag, args.source_bag, args.pred_topic, args.match_tolerance_ms, args.metric == "raypq"
         )
-        first_pred_inst = topic == bagio.PANOPTIC_TOPIC
         tokens = list(match)
         if not tokens:
             raise ev.EvaluationError(f"{args.pred_bag}: no {topic} message matches a sample stamp")
@@ -164,8 +159,7 @@ def run(args: argparse.Namespace) -> ev.EvaluationResult:
         sample_gt = pano_index.get(tokens[0])
         if sample_gt is None:
             raise ev.EvaluationError(f"sample {tokens[0]} has no panoptic ground truth in {pano_dir}")
-        with ev._load_npz(sample_gt.path) as npz:
-            gt_has_inst = "instances" in npz.files
+        gt_has_inst = ev.ground_truth_has_instances(sample_gt.path)
     if args.metric == "raypq":
         if not gt_has_inst:
             raise ev.EvaluationError(f"{pano_index[tokens[0]].path}: missing key 'instances' (RayPQ needs the "

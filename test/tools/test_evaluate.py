@@ -160,3 +160,56 @@ def test_flashocc_predict_then_eval(data, tmp_path, capsys):
     assert "1 samples: mIoU" in capsys.readouterr().out
     assert predict([*common, "--variant", "X9"]) == 2
     assert "unknown model variant 'X9'" in capsys.readouterr().err
+
+
+def test_panoptic_bag_gives_the_same_raypq_as_files(data, tmp_path):
+    from scipy import ndimage
+
+    from flashocc_ros.config import RAYPQ_THING_CLASS_INDICES
+
+    ds = data[0]
+    nusc = ev.load_nuscenes(ds.dataroot, ds.version)
+    tokens = list(ds.samples_by_scene[ds.scene_names[0]])
+    pano_gt, pred_dir = tmp_path / "occ3d_panoptic", tmp_path / "preds"
+    grids = {}
+    for t in tokens:
+        entry = ev.index_ground_truth(ds.occ3d_gts_dir)[t]
+        gt = ev.load_ground_truth(entry.path)
+        instances, _ = ndimage.label(np.isin(gt.semantics, RAYPQ_THING_CLASS_INDICES))
+        (pano_gt / entry.scene_name / t).mkdir(parents=True)
+        np.savez(pano_gt / entry.scene_name / t / "labels.npz", semantics=gt.semantics, mask_camera=gt.mask_camera,
+                 mask_lidar=gt.mask_lidar, instances=instances)  # fmt: skip
+        sem = gt.semantics.copy()
+        sem[np.roll(instances == 1, 1, axis=1)] = CAR  # one object a bit wider in the prediction
+        pano = np.where(np.isin(sem, RAYPQ_THING_CLASS_INDICES), np.roll(instances, 1, axis=1) + 17, sem)
+        grids[t] = (sem, pano.astype(np.int32))
+        ev.write_prediction(pred_dir / f"{t}.npz", *grids[t])
+    store = bagio.make_typestore()
+    fac = bagio.MessageFactory(store)
+    writer = bagio.open_writer(tmp_path / "pano_run")
+    writer.open()
+    try:
+        conn_sample = writer.add_connection(bagio.SAMPLE_TOPIC, bagio.SAMPLE_INFO, typestore=store)
+        conn_pano = writer.add_connection(bagio.PANOPTIC_TOPIC, bagio.PANOPTIC_OCCUPANCY, typestore=store)
+        for i, t in enumerate(tokens):
+            stamp = nusc.get("sample", t)["timestamp"] * 1000
+            info = fac.sample_info(stamp, t, ds.scene_names[0], nusc.get("sample", t)["scene_token"], i)
+            writer.write(conn_sample, stamp, bagio.serialize(store, info, bagio.SAMPLE_INFO))
+            sem, pano = grids[t]
+            msg = fac.T[bagio.PANOPTIC_OCCUPANCY](
+                semantic=fac.semantic_occupancy(stamp + 2_000_000, sem, source="panoptic-flashocc-r50-depth-tiny-pano"),
+                mode="corrected",
+                panoptic=pano.ravel().astype(np.uint16),
+                instances=[],
+            )
+            writer.write(conn_pano, stamp + 2_000_000, bagio.serialize(store, msg, bagio.PANOPTIC_OCCUPANCY))
+    finally:
+        writer.close()
+    common = ["--gt-dir", str(ds.occ3d_gts_dir), "--pano-gt-dir", str(pano_gt), *_common(ds)[2:], "--no-progress"]
+    assert main(["all", "--pred-dir", str(pred_dir), *common, "--json", str(tmp_path / "dir.json")]) == 0
+    assert main(["all", "--pred-bag", str(tmp_path / "pano_run"), *common, "--json", str(tmp_path / "bag.json")]) == 0
+    from_dir = json.loads((tmp_path / "dir.json").read_text())["summary"]
+    from_bag = json.loads((tmp_path / "bag.json").read_text())["summary"]
+    assert set(from_dir) >= {"mIoU", "RayIoU", "RayPQ", "RayPQ@1"}
+    assert from_bag == from_dir
+    assert 0 < from_dir["RayPQ"] < 100
