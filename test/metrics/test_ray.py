@@ -313,3 +313,56 @@ def test_counts_add_up_over_samples():
     result = ray.rayiou_from_counts(total)
     # manmade@1: 3 TP (second sample) over 6 GT + 6 predicted rays
     assert result.per_class[0, MANMADE] == pytest.approx(3 / (6 + 6 - 3))
+
+
+def _scalar_reference(occupied, origin_m, direction_f32):
+    """One ray, written out step by step like the published kernel (Python floats are IEEE doubles)."""
+    f32 = np.float32
+    scale = float(f32(0.4))
+    lower = [float(f32(v)) for v in OCC_GRID.lower]
+    o = [float(f32((origin_m[k] - lower[k]) / scale)) for k in range(3)]
+    e = [float(f32(((float(direction_f32[k]) + origin_m[k]) - lower[k]) / scale)) for k in range(3)]
+    r = [e[k] - o[k] for k in range(3)]
+    length = math.sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2])
+    d = [r[k] / length for k in range(3)]
+    step = [1 if d[k] >= 0 else -1 for k in range(3)]
+    v = [int(o[k]) for k in range(3)]
+    big = np.finfo(np.float64).max
+    t_max = [((v[k] + (0 if step[k] < 0 else 1)) - o[k]) / d[k] if d[k] != 0 else big for k in range(3)]
+    t_delta = [step[k] / d[k] if d[k] != 0 else big for k in range(3)]
+    path = []
+    while True:
+        inside = all(0 <= v[k] < OCC_GRID.shape[k] for k in range(3))
+        if not inside and path:
+            break
+        if t_max[0] < t_max[1]:
+            axis = 0 if t_max[0] < t_max[2] else 2
+        else:
+            axis = 1 if t_max[1] < t_max[2] else 2
+        if inside:
+            path.append((tuple(v), t_max[axis]))
+        v[axis] += step[axis]
+        t_max[axis] += t_delta[axis]
+    for voxel, dist in path:
+        if occupied[voxel]:
+            return voxel, f32(f32(dist) * f32(0.4))
+    return path[-1][0], f32(f32(path[-1][1]) * f32(0.4))
+
+
+def test_distances_are_bit_identical_to_a_scalar_restatement_of_the_kernel():
+    rng = np.random.default_rng(11)
+    g = empty_grid()
+    g[:, :, 0:2] = GROUND
+    for _ in range(30):
+        x, y = rng.integers(10, 185, 2)
+        g[x : x + rng.integers(2, 12), y : y + rng.integers(2, 12), 2 : rng.integers(3, 14)] = MANMADE
+    occupied = g != FREE_INDEX
+    origins = np.array([[0.9437, 0.0031, 1.8402], [-13.27183, 2.91177, 2.0471]])
+    dirs = ray.generate_lidar_rays()[::47]
+    hits = ray.cast_rays([occupied], ray.ray_geometry(origins, dirs), "cpu")[0]
+    for k, origin in enumerate(origins):
+        for r, direction in enumerate(dirs):
+            voxel, dist = _scalar_reference(occupied, origin, direction)
+            i = k * len(dirs) + r
+            assert tuple(hits.voxel[i]) == voxel
+            assert hits.distance[i] == dist  # bit-identical float32
