@@ -46,6 +46,22 @@ def bench_runner(runner, geo, img, repeats: int) -> tuple[float, np.ndarray]:
     return statistics.median(times), runner.outputs[OCC_LABELS].copy()
 
 
+def interleaved(runners, geo, img, repeats: int) -> list[float]:
+    """Median infer() time of each runner, alternating runners every repeat (after one warm-up each)."""
+    mlp = None if geo.mlp_input is None else geo.mlp_input.numpy()
+    times: list[list[float]] = [[] for _ in runners]
+    for r in runners:
+        r.prepare(geo.pool, mlp)
+        np.copyto(r.image, img)
+        r.infer()
+    for _ in range(repeats):
+        for i, r in enumerate(runners):
+            t0 = time.perf_counter()
+            r.infer()
+            times[i].append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["M0", "M1", "PT", "PF"])
@@ -66,10 +82,10 @@ def main(argv=None) -> int:
         if not onnx_path.is_file():
             print(f"exporting {v.name} -> {onnx_path}")
             export_onnx(v, sd, onnx_path)
-        with TorchRunner(v, sd, "cpu") as tr:
-            t_torch, lab_torch = bench_runner(tr, geo, img, args.repeats)
-        with OnnxRuntimeRunner(v, onnx_path, "cpu", threads=args.threads) as orr:
-            t_ort, lab_ort = bench_runner(orr, geo, img, args.repeats)
+        with TorchRunner(v, sd, "cpu") as tr, OnnxRuntimeRunner(v, onnx_path, "cpu", threads=args.threads) as orr:
+            # interleaved repeats: both backends see the same machine load (medians from the same run)
+            t_torch, t_ort = interleaved([tr, orr], geo, img, args.repeats)
+            lab_torch, lab_ort = tr.outputs[OCC_LABELS], orr.outputs[OCC_LABELS]
         row = dict(
             variant=v.short,
             pytorch_cpu_ms=round(t_torch, 1),

@@ -110,7 +110,8 @@ def resolve_backend(model_cfg: ModelConfig) -> str:
 
 
 def load_weights(model_cfg: ModelConfig) -> tuple[dict, str]:
-    """(state_dict, weights id): ``model.checkpoint`` if set, else the deterministic untrained weights (seed 0)."""
+    """(state_dict, weights id = SHA-256 prefix of the tensors): ``model.checkpoint`` if set, else the
+    deterministic untrained weights (seed 0)."""
     variant = get_variant(model_cfg.variant)
     if model_cfg.checkpoint:
         path = Path(os.path.expanduser(model_cfg.checkpoint))
@@ -121,16 +122,13 @@ def load_weights(model_cfg: ModelConfig) -> tuple[dict, str]:
         state_dict, name = load_checkpoint(str(path), variant=variant.name)
         if get_variant(name).name != variant.name:
             raise ConfigError(f"model.checkpoint: {path} holds variant {name!r}, model.variant is {variant.name!r}")
-        return state_dict, "ckpt-" + _file_digest(path)[:16]
-    from flashocc_ros.weights import deterministic_state_dict
+    else:
+        from flashocc_ros.weights import deterministic_state_dict
 
-    return deterministic_state_dict(variant.name, DETERMINISTIC_SEED), f"deterministic-seed{DETERMINISTIC_SEED}"
+        state_dict = deterministic_state_dict(variant.name, DETERMINISTIC_SEED)
+    from flashocc_ros.backends.onnx_export import weights_digest
 
-
-def _file_digest(path: Path) -> str:
-    from flashocc_ros.backends.engine_cache import file_sha256
-
-    return file_sha256(path)
+    return state_dict, weights_digest(state_dict)[:16]
 
 
 def _cache_root(model_cfg: ModelConfig) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashocc_ros.backends.base import IMAGE_INPUT, IMAGE_SHAPE, MLP_INPUT, BackendError, Runner
+from flashocc_ros.backends.base import IMAGE_INPUT, IMAGE_SHAPE, MLP_INPUT, BackendError, Runner, output_specs
 from flashocc_ros.backends.engine_cache import (
     EngineCache,
     EngineKey,
@@ -302,26 +302,26 @@ class TensorRTRunner(Runner):
             missing = [n for n in self.outputs if n not in self._outputs]
             if missing:
                 raise BackendError(f"{engine_path}: lacks outputs {missing}; rebuild from an ONNX exported with them")
-            # Device buffers for the image and every engine output (all outputs need an address).
+            # Device buffers for the image and every engine output (TensorRT needs an address for each output).
+            known = {spec.name: spec for spec in output_specs(variant, with_logits=True)}
             self._dev: dict[str, torch.Tensor] = {}
             self._dev[IMAGE_INPUT] = torch.empty(IMAGE_SHAPE, dtype=torch.float32, device=self.device)
             self._context.set_input_shape(IMAGE_INPUT, IMAGE_SHAPE)
             for name in self._outputs:
-                shape = tuple(engine.get_tensor_shape(name))
-                if any(s < 0 for s in shape):
-                    raise BackendError(f"{engine_path}: output {name} has a dynamic shape {shape}")
+                if name not in known:
+                    raise BackendError(
+                        f"{engine_path}: unexpected output {name!r} (not built from this package's ONNX)"
+                    )
                 dtype = _torch_dtype(trt.nptype(engine.get_tensor_dtype(name)))
-                self._dev[name] = torch.empty(shape, dtype=dtype, device=self.device)
+                if dtype != _torch_dtype(known[name].dtype):
+                    raise BackendError(f"{engine_path}: output {name} is {dtype}, expected {known[name].dtype}")
+                self._dev[name] = torch.empty(known[name].shape, dtype=dtype, device=self.device)
             self._host_img = torch.empty(IMAGE_SHAPE, dtype=torch.float32, pin_memory=True)
             self.image = self._host_img.numpy()
-            self._host_out = {}
-            for name, arr in self.outputs.items():
-                if self._dev[name].dtype != _torch_dtype(arr.dtype) or tuple(self._dev[name].shape) != arr.shape:
-                    raise BackendError(
-                        f"{engine_path}: output {name} is {self._dev[name].dtype} {tuple(self._dev[name].shape)}, "
-                        f"expected {arr.dtype} {arr.shape}"
-                    )
-                self._host_out[name] = torch.empty(arr.shape, dtype=self._dev[name].dtype, pin_memory=True)
+            self._host_out = {
+                name: torch.empty(arr.shape, dtype=self._dev[name].dtype, pin_memory=True)
+                for name, arr in self.outputs.items()
+            }
             self.outputs = {k: t.numpy() for k, t in self._host_out.items()}
             for name, t in self._dev.items():
                 self._context.set_tensor_address(name, t.data_ptr())
@@ -353,6 +353,12 @@ class TensorRTRunner(Runner):
             unresolved = self._context.infer_shapes()
             if unresolved:
                 raise BackendError(f"TensorRT: shapes of {unresolved} are not specified")
+            for name in self._outputs:
+                shape = tuple(self._context.get_tensor_shape(name))
+                if shape != tuple(self._dev[name].shape):
+                    raise BackendError(
+                        f"TensorRT output {name} has shape {shape}, expected {tuple(self._dev[name].shape)}"
+                    )
             torch.cuda.synchronize(self.device)
 
     def _infer(self) -> None:
