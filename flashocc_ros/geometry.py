@@ -100,8 +100,10 @@ def make_frustum(variant: ModelVariant | str) -> torch.Tensor:
 
 
 def _f32(name: str, value, shape: tuple[int, ...]) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value))
-    t = t.to(torch.float32)
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().to(torch.float32)
+    else:
+        t = torch.from_numpy(np.array(value, dtype=np.float32))
     if tuple(t.shape) == (1, *shape):
         t = t[0]
     if tuple(t.shape) != shape:

@@ -1,0 +1,75 @@
+"""Shared, cached model runs for the model tests (one build + forward per variant per test session)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
+VARIANT_NAMES = (
+    "flashocc-r50-M0",
+    "flashocc-r50",
+    "panoptic-flashocc-r50-depth-tiny-pano",
+    "panoptic-flashocc-r50-depth-pano",
+)
+
+
+def golden(variant: str) -> dict[str, np.ndarray]:
+    with np.load(GOLDEN / f"{variant}_seed0.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def manifest(variant: str) -> dict[str, list[int]]:
+    return json.loads((GOLDEN / f"keys_{variant}.json").read_text())
+
+
+@functools.cache
+def seed0_inputs() -> dict[str, np.ndarray]:
+    from flashocc_ros.weights import deterministic_inputs
+
+    return deterministic_inputs(0)
+
+
+@functools.cache
+def seed0_model(variant: str):
+    """(model with seed-0 weights, pool indices, mlp_input or None) on the seed-0 rig; cached per session."""
+    from flashocc_ros.geometry import compute_pool_indices, make_mlp_input, sensor_to_key_ego
+    from flashocc_ros.model import load_model
+
+    inp = seed0_inputs()
+    model = load_model(variant, seed=0)
+    s2ke = sensor_to_key_ego(inp["sensor2egos"], inp["ego2globals"])
+    geo = (inp["intrins"], inp["post_rots"], inp["post_trans"], inp["bda"])
+    pool = compute_pool_indices(variant, s2ke, *geo)
+    mlp = make_mlp_input(s2ke, *geo) if model.variant.depth_net == "bevdepth" else None
+    return model, pool, mlp, s2ke
+
+
+@functools.cache
+def seed0_run(variant: str) -> dict:
+    """Our network on the seed-0 golden recipe (weights + inputs): stages as numpy, pool counts, centers."""
+    from flashocc_ros.centers import decode_centers
+    from flashocc_ros.model import occupancy_labels
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    model, pool, mlp, s2ke = seed0_model(variant)
+    with torch.inference_mode():
+        st = model.forward_stages(torch.from_numpy(seed0_inputs()["imgs"][0]), *pool.network_inputs(), mlp)
+        out = {
+            "depth_prob": st["depth_prob"].numpy().copy(),
+            "lss_bev": st["lss_bev"][0].numpy().copy(),
+            "bev_encoder": st["bev_encoder"][0].numpy().copy(),
+            "occ_logits": st["occ_logits"][0].numpy().copy(),
+            "occ_label": occupancy_labels(st["occ_logits"]).numpy(),
+            "num_points": pool.num_points,
+            "num_cells": pool.num_cells,
+            "sensor2keyego": s2ke,
+            "mlp_input": None if mlp is None else mlp.numpy(),
+        }
+        if model.variant.panoptic:
+            out["centers"] = decode_centers(st["heatmap"], st["reg"], st["height"])
+    return out

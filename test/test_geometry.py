@@ -1,0 +1,168 @@
+"""Geometry: key-ego poses, frustum, pooling indices (vs the official indices), BEV pooling implementations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flashocc_ros.geometry import (
+    BEV_SIZE,
+    PoolIndexCache,
+    PoolIndices,
+    RigCalibration,
+    bev_pool,
+    bev_pool_csr,
+    compute_pool_indices,
+    frustum_to_ego,
+    make_frustum,
+    make_mlp_input,
+    prepare_geometry,
+    reference_rig,
+    sensor_to_key_ego,
+)
+from test.model_helpers import GOLDEN, golden, seed0_inputs
+
+DIGESTS = json.loads((GOLDEN / "pool_indices_digest.json").read_text())
+
+
+def _geo():
+    inp = seed0_inputs()
+    s2ke = sensor_to_key_ego(inp["sensor2egos"], inp["ego2globals"])
+    return s2ke, inp["intrins"], inp["post_rots"], inp["post_trans"], inp["bda"]
+
+
+def test_sensor_to_key_ego_matches_official():
+    s2ke, *_ = _geo()
+    assert s2ke.dtype == np.float32 and s2ke.shape == (6, 4, 4)
+    np.testing.assert_array_equal(s2ke, golden("flashocc-r50-M0")["sensor2keyegos"][0])
+    # camera 0 is the key ego: its transform is its own sensor2ego
+    np.testing.assert_allclose(s2ke[0], seed0_inputs()["sensor2egos"][0, 0], atol=1e-6)
+
+
+def test_reference_rig_is_the_golden_rig():
+    rig = reference_rig()
+    inp = seed0_inputs()
+    np.testing.assert_array_equal(rig.sensor2ego.astype(np.float32), inp["sensor2egos"][0])
+    np.testing.assert_array_equal(rig.intrinsics.astype(np.float32), inp["intrins"][0])
+    np.testing.assert_array_equal(rig.sensor2keyego(), golden("flashocc-r50-M0")["sensor2keyegos"][0])
+
+
+def test_frustum_spacing():
+    fr = make_frustum("flashocc-r50")
+    assert fr.shape == (88, 16, 44, 3)
+    np.testing.assert_allclose(fr[0, 0, :, 0].numpy(), np.linspace(0, 703, 44), rtol=1e-6)
+    np.testing.assert_allclose(fr[0, :, 0, 1].numpy(), np.arange(16) * 17.0)
+    np.testing.assert_allclose(fr[:, 0, 0, 2].numpy(), np.arange(1.0, 45.0, 0.5))
+    assert make_frustum("flashocc-r50-M0").shape[0] == 44
+
+
+@pytest.mark.parametrize("variant", ["flashocc-r50-M0", "flashocc-r50"])
+def test_frustum_points_match_official(variant):
+    with np.load(GOLDEN / "geometry_golden.npz") as z:
+        ref = z[f"{variant}__frustum_ego_coor_sample"]
+    pts = frustum_to_ego(variant, *_geo()).numpy()
+    np.testing.assert_allclose(pts[:, ::4, ::4, ::4], ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["flashocc-r50-M0", "flashocc-r50"])
+def test_pool_indices_equal_official_as_sets(variant):
+    pool = compute_pool_indices(variant, *_geo())
+    g = golden(variant)
+    assert pool.num_points == int(g["lss_n_points_kept"]) and pool.num_cells == int(g["lss_n_intervals"])
+    rb, rd, rf = (t.numpy().astype(np.int64) for t in pool.as_tuple()[:3])
+    order = np.lexsort((rd, rb))
+    triples = np.stack([rb[order], rd[order], rf[order]], 1).astype(np.int32)
+    assert hashlib.sha256(triples.tobytes()).hexdigest() == DIGESTS[variant]["pool_triples_sha256"]
+    lengths = pool.interval_lengths.numpy().astype(np.int32)
+    assert hashlib.sha256(lengths.tobytes()).hexdigest() == DIGESTS[variant]["interval_lengths_sha256"]
+    # sorted by cell, runs delimited by interval starts/lengths
+    assert np.all(np.diff(rb) >= 0)
+    starts = pool.interval_starts.numpy()
+    assert starts[0] == 0 and np.array_equal(starts[1:], np.cumsum(lengths)[:-1])
+    assert all(t.dtype == torch.int32 for t in pool.as_tuple())
+
+
+def test_mlp_input_matches_official():
+    mlp = make_mlp_input(*_geo())
+    assert mlp.shape == (1, 6, 27)
+    np.testing.assert_array_equal(mlp.numpy(), golden("panoptic-flashocc-r50-depth-tiny-pano")["mlp_input"])
+
+
+def _random_pool(num_cams=6, d=5, h=3, w=4, num_points=400, seed=0):
+    rng = np.random.default_rng(seed)
+    rd = rng.integers(0, num_cams * d * h * w, num_points)
+    cam, rem = rd // (d * h * w), rd % (h * w)
+    rf = cam * h * w + rem
+    rb = rng.integers(0, 50, num_points) * 997 % (BEV_SIZE[0] * BEV_SIZE[1])
+    order = np.argsort(rb, kind="stable")
+    rb, rd, rf = rb[order], rd[order], rf[order]
+    starts = np.flatnonzero(np.r_[True, rb[1:] != rb[:-1]])
+    lengths = np.diff(np.r_[starts, num_points])
+    t = lambda a: torch.from_numpy(a.astype(np.int32))  # noqa: E731
+    return PoolIndices(t(rb), t(rd), t(rf), t(starts), t(lengths)), (num_cams, d, h, w)
+
+
+def test_bev_pool_implementations_agree_with_a_direct_sum():
+    pool, (n, d, h, w) = _random_pool()
+    gen = torch.Generator().manual_seed(0)
+    depth = torch.rand(n, d, h, w, generator=gen).softmax(1)
+    context = torch.randn(n, 7, h, w, generator=gen)
+    expected = np.zeros((BEV_SIZE[1] * BEV_SIZE[0], 7))
+    feat_rows = context.permute(0, 2, 3, 1).reshape(-1, 7).double().numpy()
+    for b, dd, f in zip(*(t.numpy() for t in pool.as_tuple()[:3])):
+        expected[b] += depth.reshape(-1)[dd].item() * feat_rows[f]
+    expected = expected.reshape(200, 200, 7).transpose(2, 0, 1)[None]
+    for fn in (bev_pool, bev_pool_csr):
+        out = fn(depth, context, pool)
+        assert out.shape == (1, 7, 200, 200)
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # tuple form (ranks_bev, ranks_depth, ranks_feat) works too; empty cells are exactly zero
+    out = bev_pool(depth, context, pool.as_tuple())
+    empty = np.ones(200 * 200, bool)
+    empty[pool.ranks_bev.numpy()] = False
+    assert np.all(out.numpy().reshape(7, -1)[:, empty] == 0)
+
+
+def test_bev_pool_exports_to_onnx_with_standard_ops(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pool, (n, d, h, w) = _random_pool(seed=1)
+
+    class Pool(torch.nn.Module):
+        def forward(self, depth, context, ranks_bev, ranks_depth, ranks_feat):
+            return bev_pool(depth, context, (ranks_bev, ranks_depth, ranks_feat))
+
+    gen = torch.Generator().manual_seed(1)
+    args = (torch.rand(n, d, h, w, generator=gen), torch.randn(n, 5, h, w, generator=gen), *pool.as_tuple()[:3])
+    path = tmp_path / "pool.onnx"
+    names = ["depth", "context", "ranks_bev", "ranks_depth", "ranks_feat"]
+    torch.onnx.export(Pool(), args, str(path), input_names=names, opset_version=17, dynamo=False)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "ScatterElements" in ops and not any(op.startswith("bev_pool") for op in ops)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {k: a.numpy() for k, a in zip(names, args)})
+    np.testing.assert_allclose(out, Pool()(*args).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_rig_calibration_validation_and_cache():
+    rig = reference_rig()
+    with pytest.raises(ValueError, match="intrinsics: expected shape"):
+        RigCalibration(intrinsics=np.eye(3), sensor2ego=rig.sensor2ego)
+    bad = rig.sensor2ego.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="sensor2ego: contains non-finite"):
+        RigCalibration(intrinsics=rig.intrinsics, sensor2ego=bad)
+    cache = PoolIndexCache()
+    a = cache.get("flashocc-r50-M0", rig)
+    b = cache.get("M0", reference_rig())
+    assert a is b and cache.misses == 1
+    assert a.mlp_input is None and a.pool.num_points == int(golden("flashocc-r50-M0")["lss_n_points_kept"])
+    moved = RigCalibration(rig.intrinsics, rig.sensor2ego + np.eye(4)[None] * 0, rig.ego2global)
+    moved.sensor2ego[:, 0, 3] += 0.5
+    assert cache.get("M0", moved) is not a and cache.misses == 2
+    geo = prepare_geometry("PT", rig)
+    np.testing.assert_array_equal(geo.mlp_input.numpy(), golden("panoptic-flashocc-r50-depth-tiny-pano")["mlp_input"])
