@@ -346,12 +346,6 @@ def score_sample(job: SampleJob, options: ScoringOptions) -> SampleScores:
     return scores
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _score_star(args: tuple[SampleJob, ScoringOptions]) -> SampleScores:
     return score_sample(*args)
 
@@ -367,8 +361,9 @@ def iter_scores(
     import torch
 
     uses_cuda = options.device not in (None, "cpu") or (options.device is None and torch.cuda.is_available())
+    # CPU workers only run numpy (fork is cheap and safe); CUDA cannot be used in forked children
     ctx = multiprocessing.get_context("spawn" if uses_cuda else "fork")
-    with ctx.Pool(num_workers, initializer=_worker_init) as pool:
+    with ctx.Pool(num_workers) as pool:
         pending: list[SampleJob] = []
         for job in jobs:
             pending.append(job)
