@@ -50,6 +50,15 @@ def _numpy_safe_globals() -> list:
     return found
 
 
+def _detail(text: str) -> str:
+    """The informative line of torch's weights-only error (it starts with generic advice)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln or "Unsupported" in ln or ("error" in ln.lower() and "WeightsUnpickler" not in ln):
+            return ln
+    return lines[-1] if lines else text
+
+
 def read_checkpoint_file(path: str | Path) -> object:
     """torch.load with weights_only=True; unsafe or unreadable files raise CheckpointError naming the file."""
     path = Path(path)
@@ -59,9 +68,12 @@ def read_checkpoint_file(path: str | Path) -> object:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "GLOBAL" not in text and "global" not in text:
+            raise CheckpointError(f"checkpoint {path}: not a readable torch file ({_detail(text)})") from exc
         raise CheckpointError(
             f"checkpoint {path}: refused to load: it holds pickled objects other than tensors and plain containers "
-            f"(loading it would execute code). Re-save only the state_dict. Details: {str(exc).splitlines()[0]}"
+            f"(loading it would execute code). Re-save only the state_dict. Details: {_detail(text)}"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path}: not a readable torch file ({exc})") from exc
