@@ -244,6 +244,11 @@ class FlashOccNode(Node):
             f"in {time.monotonic() - t0:.1f} s"
         )
 
+        if not self.cfg.model.checkpoint and not self.cfg.model.engine:
+            self.get_logger().warning(
+                "model.checkpoint is empty: running deterministic UNTRAINED weights; the occupancy is meaningless "
+                "until an official checkpoint is given (see models/README.md)"
+            )
         self._setup_tf()
         self._setup_io()
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -458,7 +463,7 @@ class FlashOccNode(Node):
             if s is None:
                 continue
             try:
-                self._process(s)
+                self._process_when_calibrated(s)
             except BadInput as exc:
                 self.counters.images_rejected += 1
                 self._log.warn(f"bad:{_problem_key(str(exc))}", f"{exc}; set at {s.stamp_ns * 1e-9:.3f} s skipped")
@@ -469,6 +474,18 @@ class FlashOccNode(Node):
                 self.counters.errors += 1
                 self._log.error(f"error:{type(exc).__name__}", f"processing failed: {type(exc).__name__}: {exc}")
                 self.get_logger().debug(traceback.format_exc())
+
+    def _process_when_calibrated(self, s: CameraSet) -> None:
+        """Process `s`; when its CameraInfo/TF has not arrived yet (a bag publishes a frame's CameraInfo right
+        after its image), wait up to sync.tf_timeout_s for it, unless a newer set replaces this one."""
+        deadline = time.monotonic() + float(self.cfg.sync.tf_timeout_s)
+        while True:
+            try:
+                return self._process(s)
+            except CalibrationPending:
+                if time.monotonic() >= deadline or self._slot.has_item() or self._slot.closed:
+                    raise
+                time.sleep(0.02)
 
     def stop(self) -> None:
         self._slot.close()

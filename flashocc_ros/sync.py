@@ -303,6 +303,11 @@ class LatestSlot(Generic[T]):
             item, self._item = self._item, None
             return item
 
+    def has_item(self) -> bool:
+        """True when a newer item is waiting (the worker may drop what it holds)."""
+        with self._cond:
+            return self._item is not None
+
     def clear(self) -> bool:
         with self._cond:
             had = self._item is not None
