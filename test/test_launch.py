@@ -79,3 +79,42 @@ def test_launch_description_builds():  # pragma: no cover - needs a ROS install
     description = module["generate_launch_description"]()
     names = {a.name for a in description.get_launch_arguments()}
     assert {"variant", "checkpoint", "backend", "params_file", "transport", "use_sim_time", "rviz", "bag"} <= names
+
+
+@pytest.mark.ros
+def test_launch_node_command_line_runs_the_node(rclpy_context, ros_env, tmp_path):
+    """Without the ROS `launch` package, the launch file's node invocation (same params file and overrides) starts
+    a node that joins the graph under its launch name and shuts down cleanly on SIGINT."""
+    import signal
+    import subprocess
+
+    import rclpy
+
+    from .conftest import wait_for
+
+    cmd = L.node_command(C.DEFAULT_VARIANT, backend="pytorch")
+    log = tmp_path / "node.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(cmd, env=ros_env, cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        node = rclpy.create_node("launch_probe", context=rclpy_context)
+        wait_for(
+            lambda: proc.poll() is not None or "flashocc_node" in node.get_node_names(),
+            120,
+            what="flashocc_node in the ROS graph",
+        )
+        assert proc.poll() is None, log.read_text()[-3000:]
+        wait_for(lambda: proc.poll() is not None or "listening to" in log.read_text(), 120, what="node start-up")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        wait_for(lambda: "/occupancy/semantic" in dict(node.get_topic_names_and_types()), 30, what="outputs")
+        topics = dict(node.get_topic_names_and_types())
+        assert topics["/occupancy/semantic"] == ["flashocc_ros/msg/SemanticOccupancy"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = None
+    assert code == 0, log.read_text()[-3000:]
+    assert "ready on cpu (backend pytorch)" in log.read_text()
