@@ -75,6 +75,16 @@ class OccupancyPipeline:
     def run(self, images) -> OccupancyResult:
         """``images``: six RGB uint8 HxWx3 arrays in CAMERA_NAMES order (exact official preprocessing), or an
         already preprocessed (6, 3, 256, 704) float32 array."""
+        return self._infer_and_postprocess(self.load_images(images))
+
+    def run_jpeg(self, jpegs: Sequence[bytes], exact: bool = False) -> OccupancyResult:
+        """Six JPEG images (CAMERA_NAMES order). Fast path (default): DCT-scaled decode + resize in one step,
+        timed as ``decode`` (``preprocess`` is then only the copy). ``exact=True``: Pillow decode (``decode``)
+        + the official resize/crop/normalise (``preprocess``), bit-identical to ``run`` on the decoded images."""
+        return self._infer_and_postprocess(self.load_jpegs(jpegs, exact))
+
+    def load_images(self, images) -> dict[str, float]:
+        """Preprocess ``images`` (see ``run``) into the runner's input buffer; returns decode/preprocess times."""
         from flashocc_ros.preprocess import preprocess_image
 
         self._require_calibration()
@@ -95,12 +105,10 @@ class OccupancyPipeline:
                 self._check_size(i, img.shape[:2])
                 buf[i] = preprocess_image(img)
         t1 = time.perf_counter()
-        return self._infer_and_postprocess({"decode": 0.0, "preprocess": (t1 - t0) * 1e3})
+        return {"decode": 0.0, "preprocess": (t1 - t0) * 1e3}
 
-    def run_jpeg(self, jpegs: Sequence[bytes], exact: bool = False) -> OccupancyResult:
-        """Six JPEG images (CAMERA_NAMES order). Fast path (default): DCT-scaled decode + resize in one step,
-        timed as ``decode`` (``preprocess`` is then only the copy). ``exact=True``: Pillow decode (``decode``)
-        + the official resize/crop/normalise (``preprocess``), bit-identical to ``run`` on the decoded images."""
+    def load_jpegs(self, jpegs: Sequence[bytes], exact: bool = False) -> dict[str, float]:
+        """Decode + preprocess six JPEGs (see ``run_jpeg``) into the runner's input buffer; returns the times."""
         from flashocc_ros.preprocess import decode_jpeg, preprocess_image, preprocess_jpeg
 
         self._require_calibration()
@@ -128,7 +136,7 @@ class OccupancyPipeline:
             t2 = time.perf_counter()
             decode += t1 - t0
             prep += t2 - t1
-        return self._infer_and_postprocess({"decode": decode * 1e3, "preprocess": prep * 1e3})
+        return {"decode": decode * 1e3, "preprocess": prep * 1e3}
 
     def _infer_and_postprocess(self, timings: dict[str, float]) -> OccupancyResult:
         out = self.runner.infer()
