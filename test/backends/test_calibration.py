@@ -1,0 +1,79 @@
+"""INT8 calibration sources (image directories and ROS 2 bags): grouping, content hash, preprocessing, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import simplejpeg
+
+from flashocc_ros.backends.calibration import BagSource, CalibrationError, ImageDirectorySource, make_source
+from flashocc_ros.config import CAMERA_NAMES
+
+
+def jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:450, 0:800].astype(np.float32)
+    f = rng.uniform(0.005, 0.05, size=3)
+    img = np.stack([127 + 100 * np.sin(f[c] * (u + c * v)) for c in range(3)], -1).astype(np.uint8)
+    return simplejpeg.encode_jpeg(img, quality=85, colorspace="RGB")
+
+
+def test_camera_subdirectories_are_paired_in_sorted_order(tmp_path):
+    for c, cam in enumerate(CAMERA_NAMES):
+        (tmp_path / cam).mkdir()
+        for k in range(3 if c else 2):  # CAM_FRONT_LEFT has only two -> two complete sets
+            (tmp_path / cam / f"{k:03d}.jpg").write_bytes(jpeg(10 * k + c))
+    src = ImageDirectorySource(root=tmp_path)
+    sets = list(src.sets())
+    assert len(sets) == 2 and [len(s) for s in sets] == [6, 6]
+    assert sets[1][3] == jpeg(10 + 3)
+    batch = next(src.batches())
+    assert batch.shape == (6, 3, 256, 704) and batch.dtype == np.float32 and np.isfinite(batch).all()
+    first = src.sha256()
+    assert first == ImageDirectorySource(root=tmp_path).sha256()
+    (tmp_path / "CAM_BACK" / "001.jpg").write_bytes(jpeg(99))  # content change -> new calibration identity
+    assert ImageDirectorySource(root=tmp_path).sha256() != first
+    assert len(list(ImageDirectorySource(root=tmp_path, max_sets=1).sets())) == 1
+
+
+def test_flat_directory_and_errors(tmp_path):
+    for k in range(13):
+        (tmp_path / f"img{k:02d}.jpg").write_bytes(jpeg(k))
+    assert len(list(ImageDirectorySource(root=tmp_path).sets())) == 2
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(CalibrationError, match="no images found"):
+        ImageDirectorySource(root=tmp_path / "sub")
+    with pytest.raises(CalibrationError, match="not found"):
+        ImageDirectorySource(root=tmp_path / "missing")
+    (tmp_path / "CAM_FRONT").mkdir()
+    with pytest.raises(CalibrationError, match="camera sub-directories missing: CAM_FRONT_LEFT"):
+        ImageDirectorySource(root=tmp_path)
+    with pytest.raises(CalibrationError, match="exactly one"):
+        make_source(None, None)
+
+
+def test_bag_source_groups_one_image_per_camera(tmp_path):
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    Compressed = ts.types["sensor_msgs/msg/CompressedImage"]
+    bag = tmp_path / "calib_bag"
+    with Writer(bag, version=9) as writer:
+        conns = {
+            cam: writer.add_connection(f"/{cam}/image_rect_compressed", Compressed.__msgtype__, typestore=ts)
+            for cam in CAMERA_NAMES
+        }
+        t = 0
+        for k in range(2):
+            for c, cam in enumerate(CAMERA_NAMES):
+                t += 1000
+                msg = Compressed(Header(Time(0, t), cam), "jpeg", np.frombuffer(jpeg(10 * k + c), np.uint8))
+                writer.write(conns[cam], t, ts.serialize_cdr(msg, Compressed.__msgtype__))
+    src = make_source(bag=str(bag))
+    sets = list(src.sets())
+    assert len(sets) == 2 and sets[1][5] == jpeg(15)
+    assert len(src.sha256()) == 64
+    with pytest.raises(CalibrationError, match="none of the topics"):
+        list(BagSource(path=bag, image_topic="/other/{camera}").sets())
