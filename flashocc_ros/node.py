@@ -8,7 +8,8 @@ Parameters are the flattened keys of `config.FlashOccConfig` (``model.variant``,
 
 Threads: the executor thread runs the subscription callbacks, which only queue messages into the approximate-time
 synchronizer; complete sets go into a one-element latest-wins slot; a worker thread takes the freshest set,
-builds the calibration (CameraInfo + TF, or a calibration file), runs OccupancyPipeline and publishes.
+builds the calibration (CameraInfo + TF, or a calibration file, plus the ego pose at each camera's stamp from
+`tf.world_frame` <- ego, as the official pipeline does), runs OccupancyPipeline and publishes.
 Every bad input gets one clear, rate-limited warning and the node carries on with the next good set.
 """
 
@@ -64,7 +65,13 @@ from flashocc_ros.ros_convert import (
     semantic_to_msg,
 )
 from flashocc_ros.sync import ApproximateTimeSync, CameraSet, LatestSlot
-from flashocc_ros.tf_tree import TransformError, TransformTree, load_calibration_file, transform_to_matrix
+from flashocc_ros.tf_tree import (
+    ExtrapolationError,
+    TransformError,
+    TransformTree,
+    load_calibration_file,
+    transform_to_matrix,
+)
 
 NODE_NAME = "flashocc_node"
 
@@ -123,11 +130,36 @@ NODE_PARAMETERS: dict[str, tuple[Any, str, tuple | None, bool]] = {
         False,
     ),
     "tf.use_tf2_ros": (True, "use tf2_ros where installed (false: the built-in /tf_static + /tf reader)", None, True),
+    "tf.world_frame": (
+        "map",
+        "fixed frame of the ego poses: each camera uses the ego pose (world <- ego) at its own stamp, as the official "
+        "pipeline does; empty = off (one shared ego pose for the six cameras)",
+        None,
+        True,
+    ),
+    "tf.pose_tolerance_m": (
+        0.0,
+        "keep the current voxel-pooling indices while every camera's pose in the key ego frame moved less than this "
+        "(translation plus rotation as displacement at 50 m); 0 = exact, recompute whenever the poses change",
+        (0.0, 1.0),
+        False,
+    ),
 }
+
+TF_CACHE_TIME_S = 10.0  # history of dynamic transforms kept by the built-in reader (tf2's default cache time)
+POSE_TOLERANCE_LEVER_M = 50.0  # rotation differences count as the displacement they cause at this range
 
 
 class CalibrationPending(RuntimeError):
     """Calibration for a set is not available (no CameraInfo yet, missing or stale TF)."""
+
+
+class EgoPosePending(CalibrationPending):
+    """A camera's stamp is newer than the newest world <- ego pose: the pose may still arrive."""
+
+
+class EgoPoseUnavailable(RuntimeError):
+    """No world <- ego pose for a camera's stamp and none will come (world frame unknown, or stamp too old)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -183,7 +215,10 @@ class NodeCounters:
     frames_processed: int = 0
     images_rejected: int = 0
     sets_skipped_calibration: int = 0
-    calibration_updates: int = 0
+    calibration_updates: int = 0  # the rig (K, camera -> ego, image size) changed
+    ego_pose_updates: int = 0  # only the per-camera ego poses changed: voxel-pooling indices recomputed
+    ego_pose_reuses: int = 0  # poses changed by less than tf.pose_tolerance_m: indices kept
+    sets_uncompensated: int = 0  # processed with one shared ego pose (no world <- ego pose for them)
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
 
@@ -227,6 +262,8 @@ class FlashOccNode(Node):
             len(self.cameras), int(self.cfg.sync.max_spread_ms * 1e6), self.cfg.sync.queue_size, key_index=0
         )
         self._slot: LatestSlot[CameraSet] = LatestSlot()
+        self._active_rig: str | None = None  # digest of K, camera -> ego and image size in the pipeline
+        self._active_sensor2keyego: np.ndarray | None = None  # camera -> key ego of the pipeline's calibration
         self._fixed_calibration = None
         if self.cfg.cameras.calibration_file:
             self._fixed_calibration = load_calibration_file(self.cfg.cameras.calibration_file)
@@ -358,26 +395,35 @@ class FlashOccNode(Node):
     def _setup_tf(self) -> None:
         self._tf_buffer = None
         self._tf_tree: TransformTree | None = None
-        if self._fixed_calibration is not None:
+        need_extrinsics = self._fixed_calibration is None
+        world = self._node_params["tf.world_frame"]
+        if not need_extrinsics and not world:
             return
+        what = "camera extrinsics and ego poses" if need_extrinsics else "ego poses"
         if self._node_params["tf.use_tf2_ros"]:
             try:
                 import tf2_ros
 
                 self._tf_buffer = tf2_ros.Buffer()
                 self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self, spin_thread=False)
-                self.get_logger().info("camera extrinsics from tf2_ros")
+                self.get_logger().info(f"{what} from tf2_ros")
                 return
             except ImportError:
                 pass
         try:
             from tf2_msgs.msg import TFMessage
         except ImportError as exc:
+            if not need_extrinsics:
+                self.get_logger().warning(
+                    f"tf.world_frame is '{world}' but neither tf2_ros nor tf2_msgs is installed: ego-motion "
+                    "compensation is OFF (all six cameras share one ego pose)"
+                )
+                return
             raise ConfigError(
                 "cameras.calibration_file is empty and neither tf2_ros nor tf2_msgs is installed: "
                 "install ROS tf2 or give a calibration file"
             ) from exc
-        self._tf_tree = TransformTree()
+        self._tf_tree = TransformTree(TF_CACHE_TIME_S)
         static_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=100,
@@ -389,7 +435,7 @@ class FlashOccNode(Node):
             self.create_subscription(TFMessage, "/tf_static", partial(self._on_tf, True), static_qos),
             self.create_subscription(TFMessage, "/tf", partial(self._on_tf, False), dyn_qos),
         ]
-        self.get_logger().info("camera extrinsics from the built-in /tf_static + /tf reader (tf2_ros not installed)")
+        self.get_logger().info(f"{what} from the built-in /tf_static + /tf reader (tf2_ros not installed)")
 
     def _on_tf(self, static: bool, msg) -> None:
         for t in msg.transforms:
@@ -478,10 +524,24 @@ class FlashOccNode(Node):
     def _process_when_calibrated(self, s: CameraSet) -> None:
         """Process `s`; when its CameraInfo/TF has not arrived yet (a bag publishes a frame's CameraInfo right
         after its image), wait up to sync.tf_timeout_s for it, unless a newer set replaces this one."""
-        deadline = time.monotonic() + float(self.cfg.sync.tf_timeout_s)
+        timeout = float(self.cfg.sync.tf_timeout_s)
+        deadline = time.monotonic() + timeout
+        compensate = True
         while True:
             try:
-                return self._process(s)
+                return self._process(s, compensate)
+            except EgoPosePending as exc:
+                if self._slot.has_item() or self._slot.closed:
+                    raise
+                if time.monotonic() >= deadline:
+                    self._log.warn(
+                        "ego_pose_late",
+                        f"{exc} after waiting {timeout:.2f} s (sync.tf_timeout_s): set at {s.stamp_ns * 1e-9:.3f} s "
+                        "processed WITHOUT ego-motion compensation (one shared ego pose)",
+                    )
+                    compensate = False
+                    continue
+                time.sleep(0.02)
             except CalibrationPending:
                 if time.monotonic() >= deadline or self._slot.has_item() or self._slot.closed:
                     raise
@@ -491,7 +551,7 @@ class FlashOccNode(Node):
         self._slot.close()
         self._worker.join(timeout=30)
 
-    def _calibration_for(self, s: CameraSet, sizes: list[tuple[int, int]]):
+    def _calibration_for(self, s: CameraSet, sizes: list[tuple[int, int]], compensate: bool = True):
         from flashocc_ros.geometry import RigCalibration
 
         Ks, s2e = [], []
@@ -517,7 +577,61 @@ class FlashOccNode(Node):
             detail = ", ".join(f"{c.name} {w}x{h}" for c, (w, h) in zip(self.cameras, sizes))
             raise BadInput(f"the six images must have one size, got {detail}")
         width, height = sizes[0]
-        return RigCalibration(np.stack(Ks), np.stack(s2e), None, (height, width))
+        ego2global = self._ego_poses(s) if compensate else None
+        if ego2global is None:
+            self.counters.sets_uncompensated += 1
+        return RigCalibration(np.stack(Ks), np.stack(s2e), ego2global, (height, width))
+
+    def _ego_poses(self, s: CameraSet) -> np.ndarray | None:
+        """(6,4,4) world <- ego at each camera's stamp (the official per-camera ego2global), or None (with a
+        rate-limited warning) when no such pose exists; EgoPosePending when one may still arrive."""
+        world = self._node_params["tf.world_frame"]
+        if not world or (self._tf_buffer is None and self._tf_tree is None):
+            return None
+        ego = self.cfg.outputs.ego_frame
+        poses = []
+        try:
+            for frame in s.frames:
+                poses.append(self._lookup_ego_pose(world, ego, frame.stamp_ns))
+        except EgoPoseUnavailable as exc:
+            self._log.warn(f"ego_pose:{_problem_key(str(exc))}", str(exc))
+            return None
+        return np.stack(poses)
+
+    def _lookup_ego_pose(self, world: str, ego: str, stamp_ns: int) -> np.ndarray:
+        off = "ego-motion compensation is OFF (all six cameras share one ego pose)"
+        if self._tf_buffer is not None:
+            import tf2_ros
+            from rclpy.time import Time
+
+            try:
+                t = self._tf_buffer.lookup_transform(world, ego, Time(nanoseconds=stamp_ns))
+            except tf2_ros.ExtrapolationException as exc:
+                if "past" in str(exc):
+                    raise EgoPoseUnavailable(
+                        f"no {world} <- {ego} pose at {stamp_ns * 1e-9:.6f} s ({exc}); {off}"
+                    ) from exc
+                raise EgoPosePending(f"no {world} <- {ego} pose yet at {stamp_ns * 1e-9:.6f} s ({exc})") from exc
+            except (tf2_ros.LookupException, tf2_ros.ConnectivityException) as exc:
+                raise EgoPoseUnavailable(
+                    f"tf.world_frame '{world}': no {world} <- {ego} transform in TF ({exc}); {off} "
+                    "(set tf.world_frame to the frame of your ego poses, or '' to silence this)"
+                ) from exc
+            return transform_to_matrix(t.transform)
+        with self._lock:
+            try:
+                if not self._tf_tree.has_frame(world):
+                    raise TransformError(f"frame {world!r} was never received on /tf or /tf_static")
+                return self._tf_tree.lookup(world, ego, stamp_ns).matrix
+            except ExtrapolationError as exc:
+                if exc.future:
+                    raise EgoPosePending(f"no {world} <- {ego} pose yet: {exc}") from exc
+                raise EgoPoseUnavailable(f"no {world} <- {ego} pose: {exc}; {off}") from exc
+            except TransformError as exc:
+                raise EgoPoseUnavailable(
+                    f"tf.world_frame '{world}': no {world} <- {ego} transform ({exc}); {off} "
+                    "(set tf.world_frame to the frame of your ego poses, or '' to silence this)"
+                ) from exc
 
     def _lookup_extrinsics(self, ego: str, camera_frame: str, stamp_ns: int) -> np.ndarray:
         timeout_ns = int(self.cfg.sync.tf_timeout_s * 1e9)
@@ -545,7 +659,7 @@ class FlashOccNode(Node):
             raise CalibrationPending(f"stale transform {ego} <- {camera_frame}: {age:.2f} s older than the image")
         return found.matrix
 
-    def _process(self, s: CameraSet) -> None:
+    def _process(self, s: CameraSet, compensate: bool = True) -> None:
         t_start = time.perf_counter()
         compressed = self.cfg.cameras.transport == "compressed"
         inputs, sizes = [], []
@@ -558,12 +672,8 @@ class FlashOccNode(Node):
             else:
                 inputs.append(image_to_rgb(msg, cam.image_topic))
                 sizes.append((int(msg.width), int(msg.height)))
-        calib = self._calibration_for(s, sizes)
-        if self.pipeline.set_calibration(calib):
-            self.counters.calibration_updates += 1
-            self.get_logger().info(
-                f"calibration changed (image {sizes[0][0]}x{sizes[0][1]}): voxel-pooling indices recomputed"
-            )
+        calib = self._calibration_for(s, sizes, compensate)
+        self._apply_calibration(calib)
         if compressed:
             try:
                 result = self.pipeline.run_jpeg(inputs)
@@ -575,6 +685,31 @@ class FlashOccNode(Node):
         else:
             result = self.pipeline.run(inputs)
         self._publish(s, result, t_start)
+
+    def _apply_calibration(self, calib) -> None:
+        """Hand `calib` to the pipeline (which recomputes the voxel-pooling indices when it changed). Rig changes
+        are logged; per-frame ego-pose changes are counted, and skipped while below tf.pose_tolerance_m."""
+        from flashocc_ros.geometry import sensor_to_key_ego
+
+        rig = _rig_digest(calib)
+        s2ke = sensor_to_key_ego(calib.sensor2ego, calib.ego2global)
+        tolerance = float(self._node_params["tf.pose_tolerance_m"])
+        if tolerance > 0 and rig == self._active_rig and self._active_sensor2keyego is not None:
+            delta = np.abs(s2ke.astype(np.float64) - self._active_sensor2keyego)
+            moved = delta[:, :3, 3].max() + POSE_TOLERANCE_LEVER_M * delta[:, :3, :3].max()
+            if moved < tolerance:
+                self.counters.ego_pose_reuses += 1
+                return
+        if not self.pipeline.set_calibration(calib):
+            return
+        if rig != self._active_rig:
+            self.counters.calibration_updates += 1
+            height, width = calib.image_hw
+            self.get_logger().info(f"calibration changed (image {width}x{height}): voxel-pooling indices recomputed")
+        else:
+            self.counters.ego_pose_updates += 1
+        self._active_rig = rig
+        self._active_sensor2keyego = s2ke.astype(np.float64)
 
     def _find_corrupt_jpeg(self, jpegs: list[bytes]) -> BadInput | None:
         import simplejpeg
@@ -626,6 +761,16 @@ class FlashOccNode(Node):
             msg.sets_incomplete = incomplete
             msg.images_rejected = self.counters.images_rejected
             self.pub_timing.publish(msg)
+
+
+def _rig_digest(calib) -> str:
+    """Digest of what defines the rig (K, camera -> ego, image size), without the per-frame ego poses."""
+    import hashlib
+
+    h = hashlib.sha256(np.ascontiguousarray(calib.intrinsics, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(calib.sensor2ego, dtype=np.float64).tobytes())
+    h.update(repr(calib.image_hw).encode())
+    return h.hexdigest()
 
 
 def _problem_key(text: str) -> str:

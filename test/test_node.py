@@ -1,5 +1,6 @@
 """flashocc_node over real DDS: the node runs in a subprocess, the test publishes six synthetic camera streams
-(compressed and raw) with CameraInfo and /tf_static, and checks outputs, offline parity, bad inputs and overload.
+(compressed and raw) with CameraInfo, /tf_static and (moving ego) /tf map -> base_link, and checks outputs,
+offline parity (shared ego, and per-camera ego poses like the official pipeline), bad inputs and overload.
 
 Real pipeline, variant flashocc-r50-M0 on CPU with deterministic weights (one forward ~2-3 s here), so the number
 of processed frames is kept small. Images are 800x450 (half the nuScenes size, K scaled by 0.5).
@@ -83,6 +84,51 @@ def rig_calibration():
 
 def stamp_of(frame: int) -> int:
     return T0_NS + frame * 500_000_000
+
+
+def camera_stamps(key_stamp_ns: int) -> list[int]:
+    """Each camera's stamp in a sweep whose key camera (CAM_FRONT_LEFT) is at `key_stamp_ns` (see publish_set)."""
+    return [key_stamp_ns + (OFFSETS_MS[i] - OFFSETS_MS[0]) * 1_000_000 for i in range(6)]
+
+
+EGO_SPEED = 15.0  # m/s: ~0.45 m between the sweep's extreme exposures (nuScenes highway speed)
+EGO_YAW_RATE = 0.4  # rad/s
+
+
+def moving_ego_pose(stamp_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """(translation, quaternion w,x,y,z) of a vehicle driving an arc, in nuScenes-like global coordinates."""
+    t = (stamp_ns - T0_NS) * 1e-9
+    yaw0, yaw = 0.7, 0.7 + EGO_YAW_RATE * t
+    radius = EGO_SPEED / EGO_YAW_RATE
+    translation = np.array(
+        [600.0 + radius * (np.sin(yaw) - np.sin(yaw0)), 1600.0 - radius * (np.cos(yaw) - np.cos(yaw0)), 0.02 * t]
+    )
+    roll = 0.01 * np.sin(3.0 * t)  # a little body roll so the rotation is not yaw only
+    cy, sy, cr, sr = np.cos(yaw / 2), np.sin(yaw / 2), np.cos(roll / 2), np.sin(roll / 2)
+    return translation, np.array([cy * cr, cy * sr, sy * sr, sy * cr])  # yaw(z) then roll(x), (w, x, y, z)
+
+
+def ego_pose_transform(stamp_ns: int):
+    """/tf map -> base_link at `stamp_ns` from the pose's own quaternion (as the converter publishes it)."""
+    from geometry_msgs.msg import TransformStamped
+
+    translation, (qw, qx, qy, qz) = moving_ego_pose(stamp_ns)
+    t = TransformStamped()
+    t.header.frame_id, t.child_frame_id = "map", "base_link"
+    t.header.stamp.sec, t.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    tr = t.transform.translation
+    tr.x, tr.y, tr.z = (float(v) for v in translation)
+    t.transform.rotation.x, t.transform.rotation.y = float(qx), float(qy)
+    t.transform.rotation.z, t.transform.rotation.w = float(qz), float(qw)
+    return t
+
+
+def devkit_ego2global(stamps_ns: list[int]) -> np.ndarray:
+    """Per-camera ego -> global exactly as flashocc-predict builds it from nuScenes ego_pose records."""
+    from nuscenes.utils.geometry_utils import transform_matrix
+    from pyquaternion import Quaternion
+
+    return np.stack([transform_matrix(t, Quaternion(q)) for t, q in map(moving_ego_pose, stamps_ns)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,6 +249,11 @@ class Driver:
         from tf2_msgs.msg import TFMessage
 
         self.tf_pub.publish(TFMessage(transforms=[self._transform(parent, child, matrix, stamp_ns)]))
+
+    def publish_ego_pose(self, stamp_ns: int) -> None:
+        from tf2_msgs.msg import TFMessage
+
+        self.tf_pub.publish(TFMessage(transforms=[ego_pose_transform(stamp_ns)]))
 
     @staticmethod
     def _transform(parent, child, matrix, stamp_ns):
@@ -367,6 +418,16 @@ def good_jpegs(frame: int) -> list[bytes]:
     return [encode(make_image(i, frame)) for i in range(6)]
 
 
+SHARED_EGO_ANSWERS: dict[int, np.ndarray] = {}  # image frame -> offline answer with one shared ego pose
+
+
+def shared_ego_answer(pipeline, frame: int) -> np.ndarray:
+    if frame not in SHARED_EGO_ANSWERS:
+        pipeline.set_calibration(rig_calibration())
+        SHARED_EGO_ANSWERS[frame] = pipeline.run_jpeg(good_jpegs(frame)).semantic
+    return SHARED_EGO_ANSWERS[frame]
+
+
 def semantic_of(msg) -> np.ndarray:
     from flashocc_ros.ros_convert import msg_to_semantic
 
@@ -395,8 +456,11 @@ def test_compressed_outputs_match_offline_pipeline(compressed_node, offline_pipe
     check_header(sem, stamp_of(0))
     assert (sem.size_x, sem.size_y, sem.size_z) == OCC_GRID.shape and sem.source == VARIANT
     grid = semantic_of(sem)
-    expected = offline_pipeline.run_jpeg(jpegs).semantic
+    expected = shared_ego_answer(offline_pipeline, 0)
     np.testing.assert_array_equal(grid, expected)
+    # No map -> base_link on /tf yet: one clear warning that the cameras share one ego pose.
+    off = [line for line in node.lines if re.search(r"tf.world_frame 'map'.*ego-motion compensation is OFF", line)]
+    assert len(off) == 1, node.log()
 
     points = out["points"]
     check_header(points, stamp_of(0))
@@ -485,6 +549,41 @@ def test_compressed_bad_inputs_are_reported_and_the_next_good_frame_is_served(co
     assert node.proc.poll() is None
 
 
+def test_compressed_moving_ego_uses_each_cameras_pose_like_the_official_pipeline(compressed_node, offline_pipeline):
+    """/tf map -> base_link at every camera stamp (as the converter publishes it) for a vehicle at 15 m/s: the node's
+    occupancy equals OccupancyPipeline given the devkit's per-camera ego2global (what flashocc-predict runs), and
+    differs from the shared-ego answer. The latest camera's pose arrives only after its image: the node waits."""
+    node, driver = compressed_node
+    key = stamp_of(1000)
+    stamps = camera_stamps(key)
+    last = int(np.argmax(stamps))
+    for i in sorted(range(6), key=lambda i: stamps[i]):
+        if i != last:
+            driver.publish_ego_pose(stamps[i])
+    driver.publish_infos()
+    driver.spin_for(0.3)
+    start = len(node.lines)
+    driver.publish_set(key, good_jpegs(0))
+    driver.spin_for(0.1)
+    driver.publish_ego_pose(stamps[last])
+    grid = semantic_of(driver.wait_output(key)["semantic"])
+
+    from flashocc_ros.geometry import RigCalibration
+
+    shared = shared_ego_answer(offline_pipeline, 0)
+    base = rig_calibration()
+    calib = RigCalibration(base.intrinsics, base.sensor2ego, devkit_ego2global(stamps), base.image_hw)
+    offline_pipeline.set_calibration(calib)
+    try:
+        expected = offline_pipeline.run_jpeg(good_jpegs(0)).semantic
+    finally:
+        offline_pipeline.set_calibration(base)
+    changed = int((expected != shared).sum())
+    assert changed > 0, "ego motion does not change the offline answer: the test could not fail"
+    np.testing.assert_array_equal(grid, expected)
+    assert node.find(r"ego-motion compensation|WITHOUT ego-motion", start) is None, node.log()
+
+
 def test_raw_bgr8_outputs_match_offline_pipeline(raw_node, offline_pipeline):
     node, driver = raw_node
     images = [make_image(i, 3) for i in range(6)]
@@ -563,3 +662,154 @@ def test_checkpoint_of_another_variant_fails_at_start(tmp_path_factory):
     assert node.find(r"failed to start: .*does not match variant 'flashocc-r50-M0'.*'flashocc-r50'") is not None, (
         node.log()
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-camera ego poses in-process: the node's calibration logic with a recording pipeline (no network, no DDS
+# traffic: TF, CameraInfo and camera sets are handed to the node's callbacks directly)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class RecordingPipeline:
+    """Stands in for OccupancyPipeline: records every calibration that changed, answers an all-free grid."""
+
+    backend_name = "recording"
+
+    def __init__(self, cfg):
+        self.calibrations = []
+        self._fingerprint = None
+
+    def set_calibration(self, calib) -> bool:
+        if calib.fingerprint() == self._fingerprint:
+            return False
+        self._fingerprint = calib.fingerprint()
+        self.calibrations.append(calib)
+        return True
+
+    def run_jpeg(self, jpegs):
+        from types import SimpleNamespace
+
+        grid = np.full(OCC_GRID.shape, FREE_INDEX, np.uint8)
+        return SimpleNamespace(semantic=grid, panoptic=None, instances=None, timings_ms={})
+
+
+class LogRecorder:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def warning(self, text):
+        self.lines.append(text)
+
+    error = info = debug = warning
+
+    def count(self, pattern: str) -> int:
+        return sum(1 for line in self.lines if re.search(pattern, line))
+
+
+@pytest.fixture(scope="module")
+def inprocess(tmp_path_factory):
+    """A FlashOccNode in this process with a RecordingPipeline; yields (node, make_set, publish_poses)."""
+    require_ros()
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import CameraInfo, CompressedImage
+    from tf2_msgs.msg import TFMessage
+
+    from flashocc_ros.node import FlashOccNode
+    from flashocc_ros.sync import CameraSet, Frame
+
+    ctx = _context(_module_env(tmp_path_factory))
+    overrides = [Parameter("sync.tf_timeout_s", Parameter.Type.DOUBLE, 0.3)]
+    node = FlashOccNode(pipeline_factory=RecordingPipeline, context=ctx, parameter_overrides=overrides)
+    node._log._logger = LogRecorder()
+    node._on_tf(True, TFMessage(transforms=[Driver._transform("base_link", c, sensor2ego(c), 0) for c in CAMERA_NAMES]))
+    for i, cam in enumerate(CAMERA_NAMES):
+        info = CameraInfo(width=W, height=H)
+        info.header.frame_id = cam
+        info.k = [float(v) for v in intrinsics(cam).ravel()]
+        node._on_camera_info(i, info)
+    jpegs = good_jpegs(0)
+
+    def make_set(key_stamp_ns: int):
+        frames = []
+        for i, stamp in enumerate(camera_stamps(key_stamp_ns)):
+            msg = CompressedImage(format="jpeg")
+            msg.data = jpegs[i]
+            msg.header.frame_id = CAMERA_NAMES[i]
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+            frames.append(Frame(i, stamp, msg, time.monotonic()))
+        return CameraSet(frames)
+
+    def publish_poses(stamps):
+        node._on_tf(False, TFMessage(transforms=[ego_pose_transform(t) for t in stamps]))
+
+    yield node, make_set, publish_poses
+    node.stop()
+    node.destroy_node()
+    ctx.try_shutdown()
+
+
+def test_ego_poses_exact_interpolated_missing_late_and_tolerance(inprocess):
+    from pyquaternion import Quaternion
+
+    node, make_set, publish_poses = inprocess
+    log: LogRecorder = node._log._logger
+    calibs = node.pipeline.calibrations
+
+    # 1. No map frame yet: one shared ego pose, one warning saying compensation is off (rate-limited).
+    node._process_when_calibrated(make_set(stamp_of(0)))
+    node._process_when_calibrated(make_set(stamp_of(1)))
+    assert calibs[-1].ego2global is None and node.counters.sets_uncompensated == 2
+    assert log.count(r"tf.world_frame 'map': no map <- base_link transform .*compensation is OFF") == 1, log.lines
+    assert node.counters.calibration_updates == 1
+
+    # 2. A pose at every camera stamp: exactly the devkit's per-camera ego2global; only the poses changed.
+    key = stamp_of(10)
+    publish_poses(camera_stamps(key))
+    node._process_when_calibrated(make_set(key))
+    np.testing.assert_allclose(calibs[-1].ego2global, devkit_ego2global(camera_stamps(key)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(calibs[-1].sensor2ego, np.stack([sensor2ego(c) for c in CAMERA_NAMES]), atol=1e-12)
+    assert node.counters.calibration_updates == 1 and node.counters.ego_pose_updates == 1
+
+    # 3. Poses only 100 ms before and after the sweep: interpolated (pyquaternion slerp as the reference).
+    key = stamp_of(20)
+    before, after = key - 100_000_000, key + 100_000_000
+    publish_poses([before, after])
+    node._process_when_calibrated(make_set(key))
+    (t0, q0), (t1, q1) = moving_ego_pose(before), moving_ego_pose(after)
+    for stamp, got in zip(camera_stamps(key), calibs[-1].ego2global):
+        f = (stamp - before) / (after - before)
+        q = Quaternion.slerp(Quaternion(q0), Quaternion(q1), f)
+        np.testing.assert_allclose(got[:3, :3], q.rotation_matrix, atol=1e-12)
+        np.testing.assert_allclose(got[:3, 3], t0 + f * (t1 - t0), atol=1e-9)
+
+    # 4. The newest pose is older than the cameras and nothing comes: wait sync.tf_timeout_s, then shared ego.
+    key = stamp_of(30)
+    publish_poses([key - 200_000_000])
+    t = time.monotonic()
+    node._process_when_calibrated(make_set(key))
+    assert time.monotonic() - t >= 0.3 and calibs[-1].ego2global is None
+    assert log.count(r"no map <- base_link pose yet.* processed WITHOUT ego-motion compensation") == 1
+
+    # 5. Images older than the pose history (10 s): no waiting, shared ego, a warning.
+    publish_poses([stamp_of(60)])
+    node._process_when_calibrated(make_set(stamp_of(31)))
+    assert calibs[-1].ego2global is None
+    assert log.count(r"older than the oldest.*compensation is OFF") == 1
+
+    # 6. tf.pose_tolerance_m: poses that moved less than the tolerance keep the indices; 0 recomputes.
+    from rclpy.parameter import Parameter
+
+    def sweep(frame):
+        key = stamp_of(frame)
+        publish_poses(camera_stamps(key))
+        node._process_when_calibrated(make_set(key))
+
+    sweep(70)
+    updates = node.counters.ego_pose_updates
+    node.set_parameters([Parameter("tf.pose_tolerance_m", Parameter.Type.DOUBLE, 0.5)])
+    sweep(71)
+    assert node.counters.ego_pose_reuses == 1 and node.counters.ego_pose_updates == updates
+    node.set_parameters([Parameter("tf.pose_tolerance_m", Parameter.Type.DOUBLE, 0.0)])
+    sweep(72)
+    assert node.counters.ego_pose_updates == updates + 1
+    np.testing.assert_allclose(calibs[-1].ego2global, devkit_ego2global(camera_stamps(stamp_of(72))), atol=1e-12)

@@ -12,11 +12,13 @@ import yaml
 
 from flashocc_ros.config import CAMERA_NAMES, ConfigError
 from flashocc_ros.tf_tree import (
+    ExtrapolationError,
     TransformError,
     TransformTree,
     load_calibration_file,
     quaternion_xyzw_to_matrix,
     rigid,
+    slerp_xyzw,
 )
 
 RIG = json.loads((Path(__file__).parent / "data" / "nuscenes_rig.json").read_text())["cameras"]
@@ -86,6 +88,97 @@ def test_missing_and_disconnected_frames_have_clear_errors():
         tree.lookup("base_link", "cam_b")
     with pytest.raises(ValueError, match="empty frame id"):
         tree.add(record("", "x", (0, 0, 0), rot_z(0)), static=True)
+
+
+def pose(t, yaw_deg):
+    return rigid(quaternion_xyzw_to_matrix(*rot_z(yaw_deg)), t)
+
+
+def ns(seconds: float) -> int:
+    return int(round(seconds * 1e9))
+
+
+def test_lookup_at_a_stored_stamp_is_that_exact_transform():
+    tree = TransformTree()
+    q = (0.01, -0.02, 0.3, 0.95)  # not normalised on purpose
+    for k in range(5):
+        sec, nanosec = divmod(ns(100 + 0.05 * k), 1_000_000_000)
+        tree.add(record("map", "base_link", (k * 0.7, -k * 0.1, 0.0), q, sec, nanosec), static=False)
+    tree.add(record("base_link", "cam", (1.0, 0.5, 1.5), rot_z(45)), static=True)
+    got = tree.lookup("map", "base_link", ns(100.1))
+    np.testing.assert_array_equal(got.matrix, rigid(quaternion_xyzw_to_matrix(*q), (1.4, -0.2, 0.0)))
+    assert got.oldest_dynamic_ns == ns(100.1)
+    # The static camera edge composes on top, and the stamp-less lookup still gives the newest pose.
+    cam = tree.lookup("map", "cam", ns(100.1)).matrix
+    np.testing.assert_allclose(cam, got.matrix @ pose((1.0, 0.5, 1.5), 45), atol=1e-12)
+    np.testing.assert_allclose(tree.lookup("map", "base_link").matrix[:3, 3], (2.8, -0.4, 0.0))
+
+
+def test_lookup_between_stamps_interpolates_slerp_rotation_and_lerp_translation():
+    tree = TransformTree()
+    tree.add(record("map", "base_link", (10.0, 0.0, 1.0), rot_z(10), sec=50), static=False)
+    tree.add(record("map", "base_link", (14.0, 2.0, 1.0), rot_z(50), sec=51), static=False)
+    got = tree.lookup("map", "base_link", ns(50.25))
+    np.testing.assert_allclose(got.matrix, pose((11.0, 0.5, 1.0), 20), atol=1e-12)
+    assert got.oldest_dynamic_ns == ns(50)
+    # Inverse direction (base_link <- map) at the same time.
+    np.testing.assert_allclose(tree.lookup("base_link", "map", ns(50.75)).matrix, np.linalg.inv(pose((13, 1.5, 1), 40)))
+    # Two dynamic edges on one path (map -> odom -> base_link), each interpolated at the time.
+    tree.add(record("odom", "base_link", (0, 0, 0), rot_z(0), sec=50), static=False)
+    tree.add(record("odom", "base_link", (2, 0, 0), rot_z(0), sec=52), static=False)
+    tree.add(record("map", "odom", (0, 0, 0), rot_z(90), sec=49), static=False)
+    tree.add(record("map", "odom", (0, 0, 0), rot_z(90), sec=53), static=False)
+    np.testing.assert_allclose(tree.lookup("map", "base_link", ns(51)).matrix, pose((0, 1, 0), 90), atol=1e-12)
+
+
+def test_slerp_takes_the_short_arc_and_is_exact_at_the_ends():
+    q0, q1 = np.array(rot_z(170)), np.array(rot_z(-170))  # 20 degrees apart across +-180
+    mid = slerp_xyzw(q0, q1, 0.5)
+    np.testing.assert_allclose(quaternion_xyzw_to_matrix(*mid), quaternion_xyzw_to_matrix(*rot_z(180)), atol=1e-12)
+    np.testing.assert_allclose(slerp_xyzw(q0, -q1, 0.5), mid, atol=1e-12)  # q and -q are one rotation
+    np.testing.assert_allclose(slerp_xyzw(q0, q1, 0.0), q0, atol=1e-15)
+    # Nearly identical rotations (normalised-lerp branch) stay unit and in between.
+    a, b = np.array(rot_z(1.0)), np.array(rot_z(1.001))
+    m = slerp_xyzw(a, b, 0.5)
+    assert np.linalg.norm(m) == pytest.approx(1.0, abs=1e-15)
+    np.testing.assert_allclose(m, rot_z(1.0005), atol=1e-12)
+
+
+def test_lookup_outside_the_history_says_future_or_past():
+    tree = TransformTree()
+    tree.add(record("map", "base_link", (0, 0, 0), rot_z(0), sec=10), static=False)
+    tree.add(record("map", "base_link", (1, 0, 0), rot_z(0), sec=11), static=False)
+    with pytest.raises(ExtrapolationError, match=r"map <- base_link at 11.500000 s .*newer than the newest") as e:
+        tree.lookup("map", "base_link", ns(11.5))
+    assert e.value.future
+    with pytest.raises(ExtrapolationError, match=r"older than the oldest") as e:
+        tree.lookup("map", "base_link", ns(9.0))
+    assert not e.value.future
+    # A frame that was never received is a plain TransformError (not an extrapolation).
+    with pytest.raises(TransformError, match="'world' does not exist") as e:
+        tree.lookup("world", "base_link", ns(10.5))
+    assert not isinstance(e.value, ExtrapolationError)
+    assert tree.has_frame("map") and tree.has_frame("/base_link") and not tree.has_frame("world")
+
+
+def test_history_is_bounded_sorted_and_restarts_when_time_jumps_back():
+    tree = TransformTree(cache_time_s=2.0)
+    for k in range(100):  # 10 s at 10 Hz
+        sec, nanosec = divmod(ns(1000 + 0.1 * k), 1_000_000_000)
+        tree.add(record("map", "base_link", (k, 0, 0), rot_z(0), sec, nanosec), static=False)
+    stamps = tree.history_stamps("base_link")
+    assert stamps[0] >= ns(1009.9 - 2.0) and stamps[-1] == ns(1009.9) and len(stamps) == 21
+    # Out of order inside the window: inserted in place; same stamp twice: replaced.
+    tree.add(record("map", "base_link", (99, 0, 0), rot_z(0), 1009, ns(0.85)), static=False)
+    tree.add(record("map", "base_link", (7, 0, 0), rot_z(0), 1009, ns(0.9)), static=False)
+    stamps = tree.history_stamps("base_link")
+    assert stamps == sorted(stamps) and len(stamps) == 22
+    np.testing.assert_allclose(tree.lookup("map", "base_link", ns(1009.9)).matrix[:3, 3], (7, 0, 0))
+    np.testing.assert_allclose(tree.lookup("map", "base_link", ns(1009.85)).matrix[:3, 3], (99, 0, 0))
+    # A bag loop: far older than the window -> the history restarts from the new timeline.
+    tree.add(record("map", "base_link", (0, 0, 0), rot_z(0), sec=1000), static=False)
+    assert tree.history_stamps("base_link") == [ns(1000)]
+    np.testing.assert_allclose(tree.lookup("map", "base_link").matrix, np.eye(4))
 
 
 def write_calibration(path, **overrides):
