@@ -102,6 +102,41 @@ class FoldedConvBN(nn.Module):
             )
         return bn(conv(x))
 
+    def conv_bn_relu(self, x: torch.Tensor, i: int, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """relu(conv_bn(x, i) [+ residual]); one fused oneDNN call (conv + add + ReLU post-ops) on the CPU
+        inference path, bit-identical to the separate ops."""
+        if self._folded_ready and not self.training and _pointwise_fusion_ok(x, residual):
+            conv = self._pairs[i][0]
+            w, b = getattr(self, f"_fw{i}"), getattr(self, f"_fb{i}")
+            geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+            if residual is None:
+                return _CONV_POINTWISE(x, w, b, *geometry, "relu", [], "")
+            return _CONV_POINTWISE.binary(x, residual, w, b, *geometry, "add", None, "relu", [], "")
+        out = self.conv_bn(x, i)
+        if residual is not None:
+            out += residual
+        return F.relu(out, inplace=True)
+
+
+_CONV_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+_POINTWISE_FUSION = {"enabled": _CONV_POINTWISE is not None and torch.backends.mkldnn.is_available()}
+
+
+def set_pointwise_fusion(enabled: bool) -> None:
+    """Globally enable/disable the fused oneDNN conv+add+ReLU calls (CPU inference only)."""
+    _POINTWISE_FUSION["enabled"] = bool(enabled) and _CONV_POINTWISE is not None
+
+
+def _pointwise_fusion_ok(x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+    if not _POINTWISE_FUSION["enabled"] or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+        return False
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() or _is_exporting():
+        return False
+    cl = torch.channels_last
+    return x.is_contiguous(memory_format=cl) and (residual is None or residual.is_contiguous(memory_format=cl))
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Image encoder: mmdet ResNet-50 (style pytorch, out_indices (2, 3)) + CustomFPN
@@ -130,11 +165,9 @@ class Bottleneck(FoldedConvBN):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = self.conv_bn(x, 3) if self.downsample is not None else x
-        out = self.relu(self.conv_bn(x, 0))
-        out = self.relu(self.conv_bn(out, 1))
-        out = self.conv_bn(out, 2)
-        out += identity
-        return self.relu(out)
+        out = self.conv_bn_relu(x, 0)
+        out = self.conv_bn_relu(out, 1)
+        return self.conv_bn_relu(out, 2, residual=identity)
 
 
 class ResNet50(FoldedConvBN):
@@ -155,7 +188,7 @@ class ResNet50(FoldedConvBN):
         self._init_fold()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.maxpool(self.relu(self.conv_bn(x, 0)))
+        x = self.maxpool(self.conv_bn_relu(x, 0))
         x = self.layer2(self.layer1(x))
         c3 = self.layer3(x)
         c4 = self.layer4(c3)
@@ -210,10 +243,8 @@ class BasicBlock(FoldedConvBN):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = self.downsample(x) if self.downsample is not None else x
-        out = self.relu(self.conv_bn(x, 0))
-        out = self.conv_bn(out, 1)
-        out += identity
-        return self.relu(out)
+        out = self.conv_bn_relu(x, 0)
+        return self.conv_bn_relu(out, 1, residual=identity)
 
 
 class LSSViewTransformer(nn.Module):
@@ -263,7 +294,7 @@ class ASPPBranch(FoldedConvBN):
         self._init_fold()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv_bn(x, 0), inplace=True)
+        return self.conv_bn_relu(x, 0)
 
 
 class ASPP(FoldedConvBN):
@@ -287,7 +318,7 @@ class ASPP(FoldedConvBN):
         # bilinear (align_corners) resize of a 1x1 map is an exact broadcast
         pooled = pooled.expand(-1, -1, x.shape[2], x.shape[3])
         cat = torch.cat([self.aspp1(x), self.aspp2(x), self.aspp3(x), self.aspp4(x), pooled], dim=1)
-        return F.relu(self.conv_bn(cat, 1), inplace=True)  # dropout: identity in eval
+        return self.conv_bn_relu(cat, 1)  # dropout: identity in eval
 
 
 class DepthNet(FoldedConvBN):
@@ -311,7 +342,7 @@ class DepthNet(FoldedConvBN):
 
     def forward(self, x: torch.Tensor, mlp_input: torch.Tensor) -> torch.Tensor:
         cam = self.bn(mlp_input.reshape(-1, mlp_input.shape[-1]))
-        x = F.relu(self.conv_bn(x, 0), inplace=True)
+        x = self.conv_bn_relu(x, 0)
         context = self.context_conv(self.context_se(x, self.context_mlp(cam)[..., None, None]))
         depth = self.depth_conv(self.depth_se(x, self.depth_mlp(cam)[..., None, None]))
         return torch.cat([depth, context], dim=1)
@@ -376,10 +407,10 @@ class FPNLSS(FoldedConvBN):
         low, high = feats[0], feats[2]
         high = F.interpolate(high, size=low.shape[2:], mode="bilinear", align_corners=True)
         x = torch.cat([low, high], dim=1)
-        x = F.relu(self.conv_bn(x, 0), inplace=True)
-        x = F.relu(self.conv_bn(x, 1), inplace=True)
+        x = self.conv_bn_relu(x, 0)
+        x = self.conv_bn_relu(x, 1)
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        x = F.relu(self.conv_bn(x, 2), inplace=True)
+        x = self.conv_bn_relu(x, 2)
         return self.up2[4](x)
 
 
@@ -417,7 +448,7 @@ class ConvBNReLU(FoldedConvBN):
         self._init_fold()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv_bn(x, 0), inplace=True)
+        return self.conv_bn_relu(x, 0)
 
 
 class SeparateHead(nn.Module):
