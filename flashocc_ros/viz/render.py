@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -74,34 +76,81 @@ class Layout:
 # ----------------------------------------------------------------------------------------------------------------
 
 _OPEN3D_PROBE: tuple[bool, str] | None = None
+# Environment the in-process renderer needs (found by the probe), e.g. {"EGL_PLATFORM": "surfaceless"}.
+_OPEN3D_ENV: dict[str, str] = {}
+# Off-screen renderers by image size, reused: creating one costs ~0.6 s (3 s for the first in a process).
+_OFFSCREEN: dict[tuple[int, int], object] = {}
+PROBE_TIMEOUT_S = 60.0
 _PROBE_CODE = (
     "import open3d as o3d, numpy as np\n"
     "r = o3d.visualization.rendering.OffscreenRenderer(32, 32)\n"
     "img = np.asarray(r.render_to_image())\n"
     "assert img.shape[:2] == (32, 32), img.shape\n"
 )
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run_probe(env: dict[str, str] | None = None, code: str = _PROBE_CODE, timeout: float = PROBE_TIMEOUT_S):
+    """Run `code` in a fresh interpreter (a missing EGL makes Open3D crash the process, e.g. SIGSEGV after
+    'eglInitialize failed'); returns (works, why not) within `timeout` seconds."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"probe timed out after {timeout:g} s"
+    if proc.returncode == 0:
+        return True, ""
+    lines = [_ANSI_ESCAPE.sub("", line).strip() for line in proc.stderr.splitlines()]
+    last = next((line for line in reversed(lines) if line), "")
+    if proc.returncode < 0:
+        try:
+            how = f"probe process killed by {signal.Signals(-proc.returncode).name}"
+        except ValueError:
+            how = f"probe process killed by signal {-proc.returncode}"
+    else:
+        how = f"probe exit code {proc.returncode}"
+    return False, f"{last[:160]}; {how}" if last else how
+
+
+def open3d_installed() -> bool:
+    return importlib.util.find_spec("open3d") is not None
 
 
 def open3d_offscreen_status() -> tuple[bool, str]:
-    """(works, reason): whether Open3D's off-screen renderer runs on this machine (probed once per process)."""
+    """(works, reason): whether Open3D's off-screen renderer runs on this machine (probed once per process).
+
+    The probe runs with the current environment first; on Linux without EGL_PLATFORM set, it then tries Mesa's
+    display-less EGL (EGL_PLATFORM=surfaceless), which the in-process renderer then uses too."""
     global _OPEN3D_PROBE
     if _OPEN3D_PROBE is None:
         if os.environ.get("FLASHOCC_NO_OPEN3D") == "1":
             _OPEN3D_PROBE = (False, "disabled by FLASHOCC_NO_OPEN3D=1")
-        elif importlib.util.find_spec("open3d") is None:
+        elif not open3d_installed():
             _OPEN3D_PROBE = (False, "open3d is not installed (pip install 'flashocc_ros[view]')")
         else:
-            try:
-                proc = subprocess.run(
-                    [sys.executable, "-c", _PROBE_CODE], capture_output=True, text=True, timeout=120, check=False
-                )
-                if proc.returncode == 0:
-                    _OPEN3D_PROBE = (True, "open3d off-screen rendering works")
+            works, why = run_probe()
+            if works:
+                _OPEN3D_PROBE = (True, "open3d off-screen rendering works")
+            elif "EGL_PLATFORM" not in os.environ and sys.platform.startswith("linux"):
+                surfaceless = {"EGL_PLATFORM": "surfaceless"}
+                works, why_surfaceless = run_probe(surfaceless)
+                if works:
+                    _OPEN3D_ENV.update(surfaceless)
+                    _OPEN3D_PROBE = (True, "open3d off-screen rendering works with EGL_PLATFORM=surfaceless")
                 else:
-                    last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-                    _OPEN3D_PROBE = (False, f"open3d off-screen rendering failed here ({last[:160]})")
-            except subprocess.TimeoutExpired:
-                _OPEN3D_PROBE = (False, "open3d off-screen rendering timed out")
+                    _OPEN3D_PROBE = (
+                        False,
+                        f"open3d off-screen rendering failed here ({why}; with EGL_PLATFORM=surfaceless: "
+                        f"{why_surfaceless})",
+                    )
+            else:
+                _OPEN3D_PROBE = (False, f"open3d off-screen rendering failed here ({why})")
     return _OPEN3D_PROBE
 
 
@@ -113,16 +162,43 @@ def choose_renderer(requested: str = "auto") -> tuple[str, str]:
         return "raster", "3D view: numpy raster renderer (requested)"
     works, why = open3d_offscreen_status()
     if works:
-        return "open3d", "3D view: Open3D off-screen renderer"
+        return "open3d", f"3D view: Open3D off-screen renderer ({why})"
     if requested == "open3d":
         raise RenderError(f"Open3D renderer requested but unavailable: {why}")
     return "raster", f"3D view: numpy raster renderer (fallback: {why})"
 
 
+def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
+    """sRGB values in [0,1] -> linear light (Filament treats vertex colours as linear and encodes its output as
+    sRGB, so without this every colour comes out lighter)."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    return np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+
+
+def _offscreen_renderer(width: int, height: int):
+    from open3d.visualization import rendering
+
+    renderer = _OFFSCREEN.get((width, height))
+    if renderer is None:
+        os.environ.update(_OPEN3D_ENV)  # read by libEGL when the first renderer starts
+        renderer = rendering.OffscreenRenderer(width, height)
+        # Linear tone mapping: Open3D's default (filmic) tone mapper changes every colour, white included.
+        grading = rendering.ColorGrading
+        renderer.scene.view.set_color_grading(grading(grading.Quality.ULTRA, grading.ToneMapping.LINEAR))
+        _OFFSCREEN[(width, height)] = renderer
+    renderer.scene.clear_geometry()
+    return renderer
+
+
 def render_3d_open3d(
     grid: np.ndarray, colors: np.ndarray | None, camera: ViewCamera, *, ego: bool = True, spec: GridSpec = OCC_GRID
 ) -> np.ndarray:
-    """The 3D view with Open3D's off-screen renderer: the same faces as the raster view, flat (unlit) colours."""
+    """The 3D view with Open3D's off-screen renderer: the same faces as the raster view, flat (unlit) colours.
+
+    Raises RenderError (instead of letting Open3D crash the process) when the probe found it does not work here."""
+    works, why = open3d_offscreen_status()
+    if not works:
+        raise RenderError(f"Open3D renderer unavailable: {why}")
     import open3d as o3d
     from open3d.visualization import rendering
 
@@ -138,12 +214,13 @@ def render_3d_open3d(
     base = 4 * np.arange(n)[:, None]
     triangles = np.concatenate([base + [0, 1, 2], base + [0, 2, 3]]).astype(np.int32)
     mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(triangles))
-    mesh.vertex_colors = o3d.utility.Vector3dVector(np.repeat(rgb, 4, axis=0))
-    renderer = rendering.OffscreenRenderer(camera.width, camera.height)
+    mesh.vertex_colors = o3d.utility.Vector3dVector(np.repeat(srgb_to_linear(rgb), 4, axis=0))
+    renderer = _offscreen_renderer(camera.width, camera.height)
     material = rendering.MaterialRecord()
     material.shader = "defaultUnlit"
     renderer.scene.set_background([c / 255.0 for c in PANEL_BACKGROUND] + [1.0])
-    renderer.scene.add_geometry("voxels", mesh, material)
+    if n:
+        renderer.scene.add_geometry("voxels", mesh, material)
     f = camera.focal()
     cx, cy = camera.principal_point()
     intrinsic = o3d.camera.PinholeCameraIntrinsic(camera.width, camera.height, f, f, cx, cy)

@@ -7,6 +7,8 @@ G = prediction / ground truth, Q / Esc = quit.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,8 +150,68 @@ def ego_marker():
 
 
 # GLFW key codes used by Open3D's key callbacks.
-_GLFW_KEYS = {"N": ord("N"), "P": ord("P"), "C": ord("C"), "M": ord("M"), "G": ord("G"), "Q": ord("Q")}
-_GLFW_KEYS.update({"RIGHT": 262, "LEFT": 263, "ESC": 256})
+GLFW_KEYS = {"N": ord("N"), "P": ord("P"), "C": ord("C"), "M": ord("M"), "G": ord("G"), "Q": ord("Q")}
+GLFW_KEYS.update({"RIGHT": 262, "LEFT": 263, "ESC": 256})
+
+
+def display_problem(environ: dict[str, str] | None = None, platform: str | None = None) -> str | None:
+    """Why no desktop window can be shown here, or None. On Linux without DISPLAY/WAYLAND_DISPLAY, Open3D's GLFW
+    either fails or (when libOSMesa is installed) opens an invisible window whose event loop never ends."""
+    environ = os.environ if environ is None else environ
+    platform = sys.platform if platform is None else platform
+    if platform.startswith("linux") and not environ.get("DISPLAY") and not environ.get("WAYLAND_DISPLAY"):
+        return "no display (DISPLAY and WAYLAND_DISPLAY are unset); use flashocc-render for pictures"
+    return None
+
+
+class ViewerSession:
+    """What the window shows and what each key does. `vis` is an Open3D VisualizerWithKeyCallback (anything with
+    its add_geometry / remove_geometry / close methods works, which is how this is tested without a window);
+    `build` turns prepared voxels into what is added to `vis` (default: an Open3D VoxelGrid)."""
+
+    def __init__(
+        self,
+        pairs: list[tuple[OccupancyFrame, OccupancyFrame | None]],
+        vis,
+        *,
+        color_by: str = "class",
+        use_camera_mask: bool = False,
+        build=None,
+    ):
+        if not pairs:
+            raise ValueError("nothing to show: no frames")
+        self.pairs = pairs
+        self.vis = vis
+        self.build = build or to_open3d
+        self.state = ViewerState(len(pairs), color_by=color_by, use_camera_mask=use_camera_mask)
+        self.voxels = None  # the Open3D VoxelGrid on screen
+        self.geometry: VoxelGeometry | None = None  # what it was built from
+        self.title = ""
+
+    def show(self, first: bool = False) -> None:
+        """Replace the voxels on screen by those of the current frame and options (keeps the view point)."""
+        frame, mask, self.title = frame_to_show(self.pairs, self.state)
+        self.geometry = prepare_geometry(
+            frame, color_by=self.state.color_by, use_camera_mask=self.state.use_camera_mask, mask=mask
+        )
+        if self.voxels is not None:
+            self.vis.remove_geometry(self.voxels, reset_bounding_box=False)
+        self.voxels = self.build(self.geometry)
+        self.vis.add_geometry(self.voxels, reset_bounding_box=first)
+        print(f"{self.title}: {len(self.geometry)} voxels", flush=True)
+
+    def on_key(self, name: str) -> bool:
+        """Apply one key binding; True when the window must redraw (Open3D's key callback convention)."""
+        changed = self.state.press(name)
+        if self.state.quit:
+            self.vis.close()
+            return False
+        if changed:
+            self.show()
+        return changed
+
+    def callback(self, name: str):
+        return lambda _vis: self.on_key(name)
 
 
 def run_viewer(
@@ -164,37 +226,17 @@ def run_viewer(
     if not pairs:
         raise ValueError("nothing to show: no frames")
     o3d = import_open3d()
-    state = ViewerState(len(pairs), color_by=color_by, use_camera_mask=use_camera_mask)
+    problem = display_problem()
+    if problem:
+        raise RuntimeError(f"the viewer needs a desktop window: {problem}")
     vis = o3d.visualization.VisualizerWithKeyCallback()
     if not vis.create_window("flashocc-view", width, height):
         raise RuntimeError("Open3D could not open a window (no display?); use flashocc-render for pictures")
-    current = {"voxels": None}
-
-    def show(first: bool = False) -> None:
-        frame, mask, title = frame_to_show(pairs, state)
-        geometry = prepare_geometry(frame, color_by=state.color_by, use_camera_mask=state.use_camera_mask, mask=mask)
-        if current["voxels"] is not None:
-            vis.remove_geometry(current["voxels"], reset_bounding_box=False)
-        current["voxels"] = to_open3d(geometry)
-        vis.add_geometry(current["voxels"], reset_bounding_box=first)
-        print(f"{title}: {len(geometry)} voxels", flush=True)
-
-    def bind(name: str):
-        def callback(_vis) -> bool:
-            changed = state.press(name)
-            if state.quit:
-                vis.close()
-                return False
-            if changed:
-                show()
-            return changed
-
-        return callback
-
-    for name, code in _GLFW_KEYS.items():
-        vis.register_key_callback(code, bind(name))
+    session = ViewerSession(pairs, vis, color_by=color_by, use_camera_mask=use_camera_mask)
+    for name, code in GLFW_KEYS.items():
+        vis.register_key_callback(code, session.callback(name))
     vis.add_geometry(ego_marker())
-    show(first=True)
+    session.show(first=True)
     options = vis.get_render_option()
     options.background_color = np.ones(3)
     vis.run()

@@ -98,3 +98,36 @@ def test_view_check_without_window(tmp_path, capsys):
 def test_view_without_open3d(tmp_path, capsys):
     assert view_tool.main([str(write_pred(tmp_path / "a.npz", 11))]) == 2
     assert "pip install 'flashocc_ros[view]'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAS_OPEN3D, reason="open3d not installed (optional `view` extra)")
+def test_render_command_with_open3d_installed(tmp_path):
+    """The real command in a fresh process: probes Open3D, draws the 3D view with it or falls back, exits cleanly
+    (Open3D's renderer is torn down at interpreter exit)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pred = write_pred(tmp_path / "tok.npz", 11)
+    out = tmp_path / "cmp.png"
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "flashocc_ros.tools.render", str(pred), "-o", str(out), "--renderer", "auto"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = [line for line in proc.stdout.splitlines() if line.startswith("flashocc-render: 3D view:")]
+    assert len(said) == 1
+    assert "Open3D off-screen renderer" in said[0] or "numpy raster renderer (fallback: open3d" in said[0]
+    image = np.asarray(Image.open(out))
+    assert image.shape[1] > 800 and sorted(p.name for p in tmp_path.iterdir()) == ["cmp.png", "tok.npz"]
+
+
+@pytest.mark.skipif(not HAS_OPEN3D, reason="open3d not installed (optional `view` extra)")
+def test_view_without_display(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr("sys.platform", "linux")
+    assert view_tool.main([str(write_pred(tmp_path / "a.npz", 11))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no display" in err and "flashocc-render" in err

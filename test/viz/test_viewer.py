@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from flashocc_ros.config import CLASS_COLORS, FREE_INDEX, OCC_GRID
-from flashocc_ros.viz.colors import instance_colors
+from flashocc_ros.viz.colors import EGO_RGB, instance_colors
 from flashocc_ros.viz.loaders import OccupancyFrame
+from flashocc_ros.viz.raster import EGO_BOX_MAX, EGO_BOX_MIN
 from flashocc_ros.viz.viewer import ViewerState, frame_to_show, prepare_geometry
 
 HAS_OPEN3D = importlib.util.find_spec("open3d") is not None
@@ -86,13 +87,133 @@ def test_frame_to_show_borrows_ground_truth_mask():
     assert shown is pairs[1][0] and mask is None  # no ground truth for b: the prediction is shown
 
 
+class RecordingVisualizer:
+    """Stands in for Open3D's VisualizerWithKeyCallback: records what the session adds, removes and closes."""
+
+    def __init__(self):
+        self.shown = []
+        self.calls = []
+
+    def add_geometry(self, geometry, reset_bounding_box=True):
+        self.calls.append(("add", reset_bounding_box))
+        self.shown.append(geometry)
+        return True
+
+    def remove_geometry(self, geometry, reset_bounding_box=True):
+        self.calls.append(("remove", reset_bounding_box))
+        self.shown.remove(geometry)
+        return True
+
+    def close(self):
+        self.calls.append(("close", None))
+
+
+def stepping_pairs():
+    b = frame(name="b")
+    b.semantic[5, 5, 5] = 14
+    return [(frame(name="a", panoptic=True), frame("ground_truth", "a", mask=True)), (b, None)]
+
+
+def drive_session(build, capsys):
+    """Keys through two frames; returns [(key, what is on screen after it)]."""
+    from flashocc_ros.viz.viewer import ViewerSession
+
+    vis = RecordingVisualizer()
+    session = ViewerSession(stepping_pairs(), vis, build=build)
+    session.show(first=True)
+    seen = [("start", vis.shown[-1], session.title)]
+    redraws = []
+    for key in ("M", "C", "G", "N", "N", "P", "Q"):
+        redraws.append(session.on_key(key))
+        seen.append((key, vis.shown[-1], session.title))
+    assert redraws == [True, True, True, True, False, True, False]  # N on the last frame and Q change nothing
+    assert len(vis.shown) == 1  # each redraw replaced the voxels
+    assert vis.calls[0] == ("add", True) and vis.calls[-1] == ("close", None)
+    assert all(reset is False for what, reset in vis.calls[1:-1])  # stepping keeps the view point
+    assert "[1/2] a - prediction" in capsys.readouterr().out
+    return seen
+
+
+def test_session_steps_through_frames_and_options(capsys):
+    seen = drive_session(lambda geometry: geometry, capsys)  # the prepared voxels themselves, no Open3D
+    assert [len(geo) for _, geo, _ in seen] == [3, 2, 2, 2, 4, 4, 2, 2]
+    assert seen[1][1].masked  # M: prediction masked by its ground truth's mask
+    assert seen[2][1].color_mode == "instance" and "colour: instance" in seen[2][2]
+    assert "ground truth" in seen[3][2]
+    assert seen[4][2].startswith("[2/2] b - prediction")  # b has no ground truth: the prediction is shown
+
+
 @pytest.mark.skipif(not HAS_OPEN3D, reason="open3d not installed (optional `view` extra)")
-def test_open3d_voxel_grid():
+def test_session_with_real_open3d_voxel_grids(capsys):
+    import open3d as o3d
+
+    seen = drive_session(None, capsys)  # default build: Open3D VoxelGrid
+    assert all(isinstance(geo, o3d.geometry.VoxelGrid) for _, geo, _ in seen)
+    assert [len(geo.get_voxels()) for _, geo, _ in seen] == [3, 2, 2, 2, 4, 4, 2, 2]
+    indices = {tuple(v.grid_index) for v in seen[4][1].get_voxels()}
+    assert indices == {(0, 0, 0), (199, 199, 15), (100, 50, 3), (5, 5, 5)}
+
+
+@pytest.mark.skipif(not HAS_OPEN3D, reason="open3d not installed (optional `view` extra)")
+def test_open3d_voxel_grid_positions_and_colours():
     from flashocc_ros.viz.viewer import ego_marker, to_open3d
 
+    geo = prepare_geometry(frame(panoptic=True), color_by="instance")
+    grid = to_open3d(geo)
+    assert grid.voxel_size == pytest.approx(0.4) and np.allclose(grid.origin, OCC_GRID.lower)
+    colours = {tuple(v.grid_index): tuple(np.round(np.asarray(v.color) * 255).astype(int)) for v in grid.get_voxels()}
+    assert colours == {
+        (0, 0, 0): tuple(instance_colors(np.array([20]))[0]),
+        (199, 199, 15): tuple(instance_colors(np.array([21]))[0]),
+        (100, 50, 3): CLASS_COLORS[11],
+    }
+    # Every voxel's Open3D centre is the grid's own voxel centre.
+    for v in grid.get_voxels():
+        centre = grid.get_voxel_center_coordinate(v.grid_index)
+        assert np.allclose(centre, OCC_GRID.voxel_center(*v.grid_index), atol=1e-5)
+    assert len(to_open3d(prepare_geometry(frame(kind="prediction"), use_camera_mask=True)).get_voxels()) == 3
+    empty = OccupancyFrame(np.full(OCC_GRID.shape, FREE_INDEX, np.uint8), "e", "test")
+    assert len(to_open3d(prepare_geometry(empty)).get_voxels()) == 0
+    ego = ego_marker()
+    assert len(ego.vertices) == 8
+    assert np.allclose(ego.get_min_bound(), EGO_BOX_MIN) and np.allclose(ego.get_max_bound(), EGO_BOX_MAX)
+    assert tuple(np.round(np.asarray(ego.vertex_colors)[0] * 255).astype(int)) == EGO_RGB
+
+
+@pytest.mark.skipif(not HAS_OPEN3D, reason="open3d not installed (optional `view` extra)")
+def test_open3d_visualizer_accepts_the_calls_the_viewer_makes():
+    """No window here: Open3D refuses to add geometry (returns False) but the calls' names and keywords exist."""
+    import open3d as o3d
+
+    from flashocc_ros.viz.viewer import GLFW_KEYS, to_open3d
+
+    vis = o3d.visualization.VisualizerWithKeyCallback()
     grid = to_open3d(prepare_geometry(frame()))
-    assert len(grid.get_voxels()) == 3
-    assert len(ego_marker().vertices) == 8
+    assert vis.add_geometry(grid, reset_bounding_box=False) in (True, False)
+    assert vis.remove_geometry(grid, reset_bounding_box=False) in (True, False)
+    for code in GLFW_KEYS.values():
+        vis.register_key_callback(code, lambda _vis: False)
+    assert callable(vis.run) and callable(vis.close) and callable(vis.destroy_window)
+
+
+def test_display_problem():
+    from flashocc_ros.viz.viewer import display_problem
+
+    assert "DISPLAY and WAYLAND_DISPLAY are unset" in display_problem({}, "linux")
+    assert display_problem({"DISPLAY": ":0"}, "linux") is None
+    assert display_problem({"WAYLAND_DISPLAY": "wayland-0"}, "linux") is None
+    assert display_problem({}, "darwin") is None and display_problem({}, "win32") is None
+
+
+@pytest.mark.skipif(not HAS_OPEN3D, reason="open3d not installed (optional `view` extra)")
+def test_viewer_without_display_says_so(monkeypatch):
+    from flashocc_ros.viz.viewer import run_viewer
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr("sys.platform", "linux")
+    with pytest.raises(RuntimeError, match="no display"):
+        run_viewer([(frame(), None)])
 
 
 @pytest.mark.skipif(HAS_OPEN3D, reason="open3d is installed")
