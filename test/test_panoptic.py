@@ -304,6 +304,23 @@ def test_500_centers_pruned_equals_dense_with_bounded_blocks(mode):
 
 
 @pytest.mark.parametrize("mode", ["official", "corrected"])
+def test_fast_paths_agree(mode, unit, monkeypatch):
+    """Word-level vs whole-grid voxel search, and the small-problem vs hierarchical pruning levels: same output."""
+    import flashocc_ros.panoptic as panoptic
+
+    pt = _load(GOLDEN["PT"])  # dense noisy labels
+    cases = [(unit["occ_label"], _centers(unit)), (pt["occ_label"], _centers(pt, 120))]
+    for sem, centers in cases:
+        ref = assign_instances(sem, centers, mode, strategy="dense")
+        for fraction, small_pairs in ((0.0, 0), (1.0, 1 << 40)):
+            monkeypatch.setattr(panoptic, "SPARSE_WORD_FRACTION", fraction)
+            monkeypatch.setattr(panoptic, "SMALL_PROBLEM_PAIRS", small_pairs)
+            res = assign_instances(sem, centers, mode, strategy="pruned")
+            assert torch.equal(res.panoptic, ref.panoptic)
+            assert torch.equal(res.instances.voxel_count, ref.instances.voxel_count)
+
+
+@pytest.mark.parametrize("mode", ["official", "corrected"])
 def test_strategies_agree_on_golden(mode, golden):
     sem = torch.from_numpy(golden["occ_label"])
     a = assign_instances(sem, _centers(golden), mode, strategy="pruned")
