@@ -17,13 +17,16 @@ from flashocc_ros.geometry import (
     bev_pool,
     bev_pool_csr,
     compute_pool_indices,
+    compute_pool_indices_reference,
     frustum_to_ego,
+    frustum_to_ego_reference,
     make_frustum,
     make_mlp_input,
     prepare_geometry,
     reference_rig,
     sensor_to_key_ego,
 )
+from flashocc_ros.preprocess import augmentation_for
 from test.model_helpers import GOLDEN, golden, seed0_inputs
 
 DIGESTS = json.loads((GOLDEN / "pool_indices_digest.json").read_text())
@@ -166,3 +169,103 @@ def test_rig_calibration_validation_and_cache():
     assert cache.get("M0", moved) is not a and cache.misses == 2
     geo = prepare_geometry("PT", rig)
     np.testing.assert_array_equal(geo.mlp_input.numpy(), golden("panoptic-flashocc-r50-depth-tiny-pano")["mlp_input"])
+
+
+# -- fast geometry == the official operation order, bit for bit ------------------------------------------------
+
+
+def _rotation(axis_angle) -> np.ndarray:
+    """Rodrigues' formula (float64)."""
+    theta = float(np.linalg.norm(axis_angle))
+    if theta == 0:
+        return np.eye(3)
+    k = np.asarray(axis_angle) / theta
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(theta) * kx + (1 - np.cos(theta)) * kx @ kx
+
+
+def _perturbed_rig(seed: int):
+    """A random variation of the nuScenes rig (extrinsics, intrinsics, per-camera ego poses of a moving vehicle),
+    then shifted so that one in-grid frustum point per camera lies on a voxel border in x and y (float32)."""
+    rng = np.random.default_rng(seed)
+    rig = reference_rig()
+    s2e = rig.sensor2ego.copy()
+    for c in range(6):
+        s2e[c, :3, :3] = _rotation(rng.normal(0, 0.03, 3)) @ s2e[c, :3, :3]
+        s2e[c, :3, 3] += rng.normal(0, 0.3, 3)
+    k = rig.intrinsics.copy()
+    k[:, :2, :2] *= rng.uniform(0.95, 1.05, (6, 1, 1))
+    k[:, :2, 2] += rng.normal(0, 15, (6, 2))
+    e2g = rig.ego2global.copy()
+    for c in range(6):  # vehicle at up to ~15 m/s, cameras 0-50 ms apart
+        e2g[c, :3, :3] = _rotation([0, 0, rng.normal(0, 0.005)]) @ e2g[c, :3, :3]
+        e2g[c, :3, 3] += rng.uniform(-0.75, 0.75, 3) * [1, 1, 0.05]
+    s2ke = sensor_to_key_ego(s2e, e2g)
+    aug = augmentation_for((900, 1600))
+    post_rot = np.repeat(aug.post_rot[None], 6, 0)
+    post_tran = np.repeat(aug.post_tran[None], 6, 0)
+    bda = None
+    if seed % 5 == 1:  # another augmentation per camera (ray cache per camera, not shared)
+        post_rot[3, :2, :2] *= np.float32(1.13)
+        post_tran[3, :2] -= np.float32([7.0, 21.0])
+    if seed % 5 == 2:  # a BEV augmentation: rotation + flip
+        bda = (_rotation([0, 0, rng.uniform(-0.4, 0.4)]) @ np.diag([1.0, -1.0, 1.0])).astype(np.float32)
+    pts = frustum_to_ego_reference("M0", s2ke, k, post_rot, post_tran, bda).numpy().reshape(6, -1, 3)
+    g = (pts - np.float32([-40, -40, -1])) / np.float32([0.4, 0.4, 6.4])
+    for c in range(6):  # snap one in-grid point per camera onto a voxel border (x and y)
+        inside = np.flatnonzero(np.all((g[c, :, :2] > 2) & (g[c, :, :2] < 198), 1))
+        if inside.size:
+            p = pts[c, inside[rng.integers(inside.size)], :2].astype(np.float64)
+            border = -40 + 0.4 * np.round((p + 40) / 0.4)
+            delta = border - p
+            if bda is not None:  # the shift applies before bda: move by inv(bda)'s xy block
+                delta = np.linalg.solve(bda[:2, :2].astype(np.float64), delta)
+            s2ke[c, :2, 3] += delta.astype(np.float32)
+    return s2ke, k.astype(np.float32), post_rot, post_tran, bda
+
+
+def _near_border_count(pts: np.ndarray) -> int:
+    g = (pts[..., :2].astype(np.float64) + 40) / 0.4
+    return int((np.abs(g - np.round(g)) < 1e-4).sum())
+
+
+def test_inverse_per_matrix_equals_batched():
+    from flashocc_ros.geometry import _inverse
+
+    gen = torch.Generator().manual_seed(3)
+    m = torch.randn(64, 3, 3, generator=gen) * torch.rand(64, 1, 1, generator=gen) * 1e3
+    assert torch.equal(_inverse(m), torch.inverse(m))
+    k = torch.from_numpy(reference_rig().intrinsics.astype(np.float32))
+    assert torch.equal(_inverse(k), torch.inverse(k))
+
+
+def test_fast_geometry_is_bit_identical_to_the_official_arithmetic_on_random_rigs():
+    near_border = 0
+    for seed in range(20):
+        args = _perturbed_rig(seed)
+        variant = "flashocc-r50" if seed % 10 == 9 else "flashocc-r50-M0"
+        if seed % 4 == 0:  # the float32 coordinates themselves (indices below follow from them)
+            fast = frustum_to_ego(variant, *args).numpy()
+            ref = frustum_to_ego_reference(variant, *args).numpy()
+            assert np.array_equal(fast, ref), f"rig {seed}: {(fast != ref).sum()} coordinates differ"
+            near_border += _near_border_count(ref)
+        new = compute_pool_indices(variant, *args)
+        old = compute_pool_indices_reference(variant, *args)
+        for name, a, b in zip(
+            ("ranks_bev", "ranks_depth", "ranks_feat", "starts", "lengths"), new.as_tuple(), old.as_tuple()
+        ):
+            assert a.dtype == b.dtype == torch.int32, name
+            assert torch.equal(a, b), f"rig {seed} ({variant}): {name} differs"
+    assert near_border > 100  # the comparison includes many points within 1e-4 voxel of a border
+
+
+def test_fast_geometry_uses_the_cached_rays_of_each_augmentation():
+    args = _perturbed_rig(1)  # camera 3 has its own augmentation
+    a = compute_pool_indices("M0", *args)
+    b = compute_pool_indices("M0", *args)  # second call: cached rays
+    assert all(torch.equal(x, y) for x, y in zip(a.as_tuple(), b.as_tuple()))
+    far = list(args)
+    far[0] = far[0].copy()
+    far[0][:, 2, 3] += 100.0  # every camera 100 m up: nothing in the 6.4 m slab
+    with pytest.raises(ValueError, match="no frustum point inside the BEV grid"):
+        compute_pool_indices("M0", *far)
