@@ -243,21 +243,16 @@ def _frustum_columns(variant: ModelVariant) -> np.ndarray:
     return cols
 
 
-def _matvec(m: np.ndarray, x0: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Rows of ``m @ [x0, x1, x2]`` in torch's bmm float32 order ``(m0*x0 + m1*x1) + m2*x2``.
-
-    ``m``: (3, 3) float32 (scalar coefficients) or (K, 3, 3) (coefficients (K, 1) broadcast against (.., N))."""
-
-    def coef(i: int, j: int):
-        return m[:, i, j, None] if m.ndim == 3 else m[i, j]
-
+def _matvec(m: np.ndarray, x0: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> list[np.ndarray]:
+    """Rows of ``m @ [x0, x1, x2]`` for a (3, 3) float32 ``m`` and (N,) float32 columns, in torch's CPU bmm order
+    ``(m0*x0 + m1*x1) + m2*x2``, each operation rounded to float32 (numpy ufuncs never fuse into an FMA)."""
     rows = []
     for i in range(3):
-        acc = coef(i, 0) * x0
-        acc += coef(i, 1) * x1
-        acc += coef(i, 2) * x2
+        acc = m[i, 0] * x0
+        acc += m[i, 1] * x1
+        acc += m[i, 2] * x2
         rows.append(acc)
-    return tuple(rows)
+    return rows
 
 
 def _camera_rays(variant: ModelVariant, inv_post_rot: np.ndarray, post_tran: np.ndarray) -> np.ndarray:
@@ -279,8 +274,10 @@ def _inverse(m: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.inverse(m[i]) for i in range(m.shape[0])])
 
 
-def _ego_columns(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda) -> tuple[np.ndarray, ...]:
-    """Key-ego x, y, z of every frustum point as three (6, N) float32 arrays (N = D*16*44, official arithmetic)."""
+def _ego_points_per_camera(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda):
+    """Yield ``(camera, x, y, z)``: key-ego coordinates of the camera's frustum points, (N,) float32 each
+    (N = D*16*44, in (D, 16, 44) order), with the official float32 arithmetic. One camera at a time keeps the
+    working set in the CPU cache."""
     v = get_variant(variant) if isinstance(variant, str) else variant
     n = NUM_CAMERAS
     s2ke = _f32("sensor2keyego", sensor2keyego, (n, 4, 4))
@@ -291,23 +288,22 @@ def _ego_columns(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda) -
     inv_post_rot = _inverse(post_rot).numpy()
     combine = s2ke[:, :3, :3].matmul(_inverse(cam2img)).numpy()  # (6, 3, 3): R @ inv(K), torch bmm as official
     trans = s2ke[:, :3, 3].numpy()
-    per_cam = [_camera_rays(v, inv_post_rot[c], post_tran[c]) for c in range(n)]
-    if all(r is per_cam[0] for r in per_cam):  # usual case: one image size for the rig
-        rays = per_cam[0][:, None, :]  # (3, 1, N), broadcast over cameras
-    else:
-        rays = np.stack(per_cam, axis=1)  # (3, 6, N)
-    ego = _matvec(combine, *rays)
-    for i in range(3):
-        np.add(ego[i], trans[:, i : i + 1], out=ego[i])  # + t
-    return _matvec(bda, *ego)
+    for c in range(n):
+        rays = _camera_rays(v, inv_post_rot[c], post_tran[c])
+        ego = _matvec(combine[c], *rays)
+        for i in range(3):
+            ego[i] += trans[c, i]
+        yield (c, *_matvec(bda, *ego))
 
 
 def frustum_to_ego(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda=None) -> torch.Tensor:
     """Key-ego xyz of every frustum point, (6, D, 16, 44, 3) float32; bit-identical to the official operation order
-    (``frustum_to_ego_reference``), computed as a few vectorised float32 passes."""
-    v = get_variant(variant) if isinstance(variant, str) else variant
-    x, y, z = _ego_columns(v, sensor2keyego, intrinsics, post_rot, post_tran, bda)
-    return torch.from_numpy(np.stack((x, y, z), -1).reshape(NUM_CAMERAS, -1, *FEATURE_HW, 3))
+    (``frustum_to_ego_reference``), computed as a few vectorised float32 passes per camera."""
+    cams = [
+        np.stack(xyz, -1)
+        for _, *xyz in _ego_points_per_camera(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda)
+    ]
+    return torch.from_numpy(np.stack(cams).reshape(NUM_CAMERAS, -1, *FEATURE_HW, 3))
 
 
 def compute_pool_indices(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda=None) -> PoolIndices:
@@ -319,40 +315,39 @@ def compute_pool_indices(variant, sensor2keyego, intrinsics, post_rot, post_tran
     ``compute_pool_indices_reference`` element for element and fast enough to run every frame (ego motion; see
     benchmarks/bench_geometry.py).
     """
-    v = get_variant(variant) if isinstance(variant, str) else variant
-    x, y, z = _ego_columns(v, sensor2keyego, intrinsics, post_rot, post_tran, bda)
     lower = np.asarray(BEV_LOWER, dtype=np.float32)
     interval = np.asarray(BEV_INTERVAL, dtype=np.float32)
     dx, dy, dz = BEV_SIZE
-    gx = x - lower[0]
-    gx /= interval[0]
-    gy = y - lower[1]
-    gy /= interval[1]
-    gz = z - lower[2]
-    gz /= interval[2]
-    # trunc(g) in [0, size)  <=>  -1 < g < size  (NaN: never kept, as NaN.long() is negative in the official code)
-    kept = (gx > -1) & (gx < dx)
-    kept &= gy > -1
-    kept &= gy < dy
-    kept &= gz > -1
-    kept &= gz < dz
-    ranks_depth = np.flatnonzero(kept)  # flat index over (6, D, 16, 44) = the official ranks_depth
-    if ranks_depth.size == 0:
+    fh, fw = FEATURE_HW
+    bev_parts, depth_parts = [], []
+    for c, x, y, z in _ego_points_per_camera(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda):
+        grid = []
+        for coord, lo, step in zip((x, y, z), lower, interval):
+            coord -= lo
+            coord /= step
+            grid.append(coord)
+        gx, gy, gz = grid
+        # trunc(g) in [0, size)  <=>  -1 < g < size  (NaN is never kept, as NaN.long() is negative officially)
+        kept = (gx > -1) & (gx < dx)
+        kept &= gy > -1
+        kept &= gy < dy
+        kept &= gz > -1
+        kept &= gz < dz
+        idx = np.flatnonzero(kept)
+        ix, iy, iz = (g[idx].astype(np.int32) for g in grid)  # astype truncates toward zero, like .long()
+        bev_parts.append(iz * (dy * dx) + iy * dx + ix)
+        depth_parts.append(idx.astype(np.int32) + np.int32(c * x.shape[0]))  # flat index over (6, D, 16, 44)
+    ranks_bev = np.concatenate(bev_parts)
+    if ranks_bev.size == 0:
         raise ValueError("calibration puts no frustum point inside the BEV grid; check intrinsics/extrinsics")
-    ranks_depth_32 = ranks_depth.astype(np.int32)  # < 2^31 (at most 6 * D * 704 points)
-    ix = gx.reshape(-1)[ranks_depth].astype(np.int32)  # truncation toward zero
-    iy = gy.reshape(-1)[ranks_depth].astype(np.int32)
-    iz = gz.reshape(-1)[ranks_depth].astype(np.int32)
-    ranks_bev = iz * (dy * dx) + iy * dx + ix
-    # Stable sort of small keys (< 40,000 fits uint16): numpy radix-sorts 16-bit keys in O(M).
+    # Stable sort by cell (ties keep ranks_depth order); keys < 40,000 fit uint16, which numpy radix-sorts in O(M).
     num_cells_total = dx * dy * dz
     key = ranks_bev.astype(np.uint16) if num_cells_total <= np.iinfo(np.uint16).max + 1 else ranks_bev
     order = np.argsort(key, kind="stable")
     ranks_bev = ranks_bev[order]
-    ranks_depth = ranks_depth_32[order]
-    fh, fw = FEATURE_HW
-    per_cam = x.shape[1]
-    ranks_feat = (ranks_depth // per_cam) * (fh * fw) + ranks_depth % (fh * fw)
+    ranks_depth = np.concatenate(depth_parts)[order]
+    points_per_camera = ranks_depth.dtype.type(x.shape[0])
+    ranks_feat = (ranks_depth // points_per_camera) * np.int32(fh * fw) + ranks_depth % np.int32(fh * fw)
     counts = np.bincount(ranks_bev, minlength=num_cells_total)
     interval_lengths = counts[counts > 0]
     interval_starts = np.cumsum(interval_lengths) - interval_lengths

@@ -37,8 +37,19 @@ class OccupancyResult:
 
 
 class OccupancyPipeline:
-    def __init__(self, cfg: FlashOccConfig, runner: Runner | None = None, with_logits: bool = False, log=print):
+    def __init__(
+        self,
+        cfg: FlashOccConfig,
+        runner: Runner | None = None,
+        with_logits: bool = False,
+        log=print,
+        preprocess_workers: int = 2,
+    ):
+        """``preprocess_workers``: threads that decode/preprocess the six images in parallel (1 = sequential)."""
         from flashocc_ros.backends import create_runner
+        from flashocc_ros.preprocess import BatchPreprocessor
+
+        self._batch = BatchPreprocessor(preprocess_workers)
 
         self.cfg = cfg.validate()
         self.variant = cfg.variant
@@ -78,14 +89,15 @@ class OccupancyPipeline:
         return self._infer_and_postprocess(self.load_images(images))
 
     def run_jpeg(self, jpegs: Sequence[bytes], exact: bool = False) -> OccupancyResult:
-        """Six JPEG images (CAMERA_NAMES order). Fast path (default): DCT-scaled decode + resize in one step,
-        timed as ``decode`` (``preprocess`` is then only the copy). ``exact=True``: Pillow decode (``decode``)
-        + the official resize/crop/normalise (``preprocess``), bit-identical to ``run`` on the decoded images."""
+        """Six JPEG images (CAMERA_NAMES order). Fast path (default): DCT-scaled decode (``decode``) + OpenCV
+        resize/crop/normalise (``preprocess``). ``exact=True``: Pillow decode (``decode``) + the official
+        resize/crop/normalise (``preprocess``), bit-identical to ``run`` on the decoded images. The six images are
+        processed in parallel (``preprocess_workers``) straight into the network's input buffer."""
         return self._infer_and_postprocess(self.load_jpegs(jpegs, exact))
 
     def load_images(self, images) -> dict[str, float]:
         """Preprocess ``images`` (see ``run``) into the runner's input buffer; returns decode/preprocess times."""
-        from flashocc_ros.preprocess import preprocess_image
+        from flashocc_ros.preprocess import BatchItemError
 
         self._require_calibration()
         t0 = time.perf_counter()
@@ -94,49 +106,43 @@ class OccupancyPipeline:
             if images.shape != buf.shape:
                 raise PipelineError(f"images: preprocessed array must be {buf.shape}, got {images.shape}")
             np.copyto(buf, images)
-        else:
-            images = self._six(images, "images")
-            for i, img in enumerate(images):
-                img = np.asarray(img)
-                if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                    raise PipelineError(
-                        f"images[{i}] ({CAMERA_NAMES[i]}): expected RGB uint8 HxWx3, got {img.dtype} {img.shape}"
-                    )
-                self._check_size(i, img.shape[:2])
-                buf[i] = preprocess_image(img)
-        t1 = time.perf_counter()
-        return {"decode": 0.0, "preprocess": (t1 - t0) * 1e3}
+            return {"decode": 0.0, "preprocess": (time.perf_counter() - t0) * 1e3}
+        images = self._six(images, "images")
+        for i, img in enumerate(images):
+            img = images[i] = np.asarray(img)
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                raise PipelineError(
+                    f"images[{i}] ({CAMERA_NAMES[i]}): expected RGB uint8 HxWx3, got {img.dtype} {img.shape}"
+                )
+            self._check_size(i, img.shape[:2])
+        try:
+            times = self._batch.images_into(images, buf)
+        except BatchItemError as exc:
+            i = exc.index
+            raise PipelineError(f"images[{i}] ({CAMERA_NAMES[i]}): {exc.error}") from exc.error
+        return {"decode": 0.0, "preprocess": times["decode"] + times["preprocess"]}
 
     def load_jpegs(self, jpegs: Sequence[bytes], exact: bool = False) -> dict[str, float]:
-        """Decode + preprocess six JPEGs (see ``run_jpeg``) into the runner's input buffer; returns the times."""
-        from flashocc_ros.preprocess import decode_jpeg, preprocess_image, preprocess_jpeg
+        """Decode + preprocess six JPEGs (see ``run_jpeg``) into the runner's input buffer, in parallel on
+        ``preprocess_workers`` threads; returns the decode / preprocess times (wall time of the six, split in
+        proportion to the per-image stage times)."""
+        from flashocc_ros.preprocess import BatchItemError
 
         self._require_calibration()
         jpegs = self._six(jpegs, "jpegs")
-        buf = self.runner.image
-        decode = prep = 0.0
         for i, data in enumerate(jpegs):
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): expected bytes, got {type(data).__name__}")
-            t0 = time.perf_counter()
             try:
-                self._check_size(i, _jpeg_hw(bytes(data)))
-                if exact:
-                    rgb = decode_jpeg(bytes(data))
-                    t1 = time.perf_counter()
-                    buf[i] = preprocess_image(rgb)
-                else:
-                    arr = preprocess_jpeg(bytes(data))
-                    t1 = time.perf_counter()
-                    buf[i] = arr
-            except PipelineError:
-                raise
+                hw = _jpeg_hw(bytes(data))
             except (ValueError, OSError, RuntimeError) as exc:
                 raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG ({exc})") from exc
-            t2 = time.perf_counter()
-            decode += t1 - t0
-            prep += t2 - t1
-        return {"decode": decode * 1e3, "preprocess": prep * 1e3}
+            self._check_size(i, hw)
+        try:
+            return self._batch.jpegs_into(jpegs, self.runner.image, exact=exact)
+        except BatchItemError as exc:
+            i = exc.index
+            raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG ({exc.error})") from exc.error
 
     def _infer_and_postprocess(self, timings: dict[str, float]) -> OccupancyResult:
         out = self.runner.infer()
@@ -191,6 +197,7 @@ class OccupancyPipeline:
             )
 
     def close(self) -> None:
+        self._batch.close()
         self.runner.release()
 
     @property

@@ -97,6 +97,31 @@ def test_exact_jpeg_path_equals_decoded_rgb_path_and_fast_path_runs(m0_pipeline)
     assert set(fast.timings_ms) == set(TIMING_KEYS) and fast.timings_ms["decode"] > 0
 
 
+def test_parallel_jpeg_loading_equals_the_sequential_fast_path(m0_pipeline):
+    import simplejpeg
+
+    from flashocc_ros.preprocess import preprocess_jpeg
+
+    pipe = m0_pipeline
+    pipe.set_calibration(reference_rig())
+    jpegs = [simplejpeg.encode_jpeg(img, quality=88, colorspace="RGB") for img in smooth_images(seed=3)]
+    expected = np.stack([preprocess_jpeg(j) for j in jpegs])
+    times = pipe.load_jpegs(jpegs)  # 2 preprocessing threads (default)
+    np.testing.assert_array_equal(pipe.runner.image, expected)
+    assert times["decode"] > 0 and times["preprocess"] > 0
+    sequential = OccupancyPipeline(pipe.cfg, runner=pipe.runner, preprocess_workers=1)  # shares the runner
+    sequential.set_calibration(reference_rig())
+    pipe.runner.image[:] = 0
+    sequential.load_jpegs(jpegs)
+    np.testing.assert_array_equal(pipe.runner.image, expected)
+    truncated = list(jpegs)
+    truncated[3] = jpegs[3][: len(jpegs[3]) // 2]  # the header parses; decoding fails on a worker thread
+    with pytest.raises(PipelineError, match=r"jpegs\[3\] \(CAM_BACK_LEFT\): cannot decode JPEG"):
+        pipe.load_jpegs(truncated)
+    with pytest.raises(ValueError, match="workers: expected >= 1"):
+        OccupancyPipeline(pipe.cfg, runner=pipe.runner, preprocess_workers=0)
+
+
 def test_bad_inputs_are_named(m0_pipeline, tmp_path_factory):
     fresh = OccupancyPipeline(ort_config("M0", tmp_path_factory), log=lambda s: None)
     with pytest.raises(PipelineError, match="no calibration"):

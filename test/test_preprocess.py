@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from flashocc_ros.preprocess import (
+    BatchItemError,
+    BatchPreprocessor,
     augmentation_for,
     decode_jpeg,
     jpeg_size,
@@ -84,3 +86,60 @@ def test_fast_jpeg_path_is_close_to_exact_path(golden_pre):
     levels = np.abs(fast - exact) * 57.5
     assert levels.mean() < 3.0, f"mean deviation {levels.mean():.2f} levels"
     assert np.percentile(levels, 99) < 20.0
+
+
+def _previous_fast_path(jpeg: bytes) -> np.ndarray:
+    """The sequential fast path as it was before the batch preprocessor (restated): DCT-scaled decode, OpenCV
+    bilinear resize, crop, normalise."""
+    import cv2
+    import simplejpeg
+
+    aug = augmentation_for(jpeg_size(jpeg))
+    small = simplejpeg.decode_jpeg(jpeg, colorspace="RGB", min_width=aug.resized_wh[0], min_height=aug.resized_wh[1])
+    small = cv2.resize(small, aug.resized_wh, interpolation=cv2.INTER_LINEAR)
+    left, top, right, bottom = aug.crop
+    return normalize(small[top:bottom, left:right])
+
+
+@pytest.fixture(scope="module")
+def six_jpegs(golden_pre):
+    base = golden_pre["raw"][300:, :704].repeat(2, axis=0)[:900].repeat(3, axis=1)[:, :1600]
+    return [_encode(np.roll(base, 97 * i, axis=1), quality=85 + i) for i in range(6)]
+
+
+def test_batch_preprocessor_equals_the_sequential_paths(six_jpegs):
+    expected_fast = np.stack([_previous_fast_path(j) for j in six_jpegs])
+    np.testing.assert_array_equal(np.stack([preprocess_jpeg(j) for j in six_jpegs]), expected_fast)
+    expected_exact = np.stack([preprocess_jpeg_exact(j) for j in six_jpegs])
+    for workers in (2, 1, 3):
+        batch = BatchPreprocessor(workers)
+        out = np.full((6, 3, 256, 704), np.nan, np.float32)
+        times = batch.jpegs_into(six_jpegs, out)
+        np.testing.assert_array_equal(out, expected_fast)
+        assert set(times) == {"decode", "preprocess"} and times["decode"] > 0 and times["preprocess"] > 0
+        out[:] = np.nan
+        batch.jpegs_into(six_jpegs, out, exact=True)
+        np.testing.assert_array_equal(out, expected_exact)
+        batch.close()
+    rgbs = [decode_jpeg(j) for j in six_jpegs[:2]]
+    out = np.empty((2, 3, 256, 704), np.float32)
+    with BatchPreprocessor(2) as batch:
+        times = batch.images_into(rgbs, out)
+    np.testing.assert_array_equal(out, expected_exact[:2])
+    assert times["decode"] == 0 and times["preprocess"] > 0
+
+
+def test_batch_preprocessor_names_the_first_failing_image(six_jpegs):
+    jpegs = list(six_jpegs)
+    jpegs[4] = jpegs[4][: len(jpegs[4]) // 2]  # valid header, truncated data
+    jpegs[1] = b"\xff\xd8 not a jpeg"
+    with BatchPreprocessor(2) as batch:
+        with pytest.raises(BatchItemError) as info:
+            batch.jpegs_into(jpegs, np.empty((6, 3, 256, 704), np.float32))
+        assert info.value.index == 1
+        jpegs[1] = six_jpegs[1]
+        with pytest.raises(BatchItemError, match="image 4") as info:
+            batch.jpegs_into(jpegs, np.empty((6, 3, 256, 704), np.float32))
+        assert info.value.index == 4
+    with pytest.raises(ValueError, match="workers: expected >= 1"):
+        BatchPreprocessor(0)
