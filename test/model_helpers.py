@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# Bound at import: tests may monkeypatch flashocc_ros.model.load_model to serve these cached models, and the cache
+# must still build with the real loader (a late import would find the patched one and recurse).
+from flashocc_ros.model import load_model as _real_load_model
+
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 VARIANT_NAMES = (
     "flashocc-r50-M0",
@@ -38,10 +42,9 @@ def seed0_inputs() -> dict[str, np.ndarray]:
 def seed0_model(variant: str):
     """(model with seed-0 weights, pool indices, mlp_input or None) on the seed-0 rig; cached per session."""
     from flashocc_ros.geometry import compute_pool_indices, make_mlp_input, sensor_to_key_ego
-    from flashocc_ros.model import load_model
 
     inp = seed0_inputs()
-    model = load_model(variant, seed=0)
+    model = _real_load_model(variant, seed=0)
     s2ke = sensor_to_key_ego(inp["sensor2egos"], inp["ego2globals"])
     geo = (inp["intrins"], inp["post_rots"], inp["post_trans"], inp["bda"])
     pool = compute_pool_indices(variant, s2ke, *geo)
