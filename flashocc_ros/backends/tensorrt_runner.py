@@ -195,6 +195,16 @@ def build_engine_bytes(
     return bytes(serialized)
 
 
+def _build_key(onnx_path, variant: ModelVariant, options: BuildOptions, device: str, calibration) -> EngineKey:
+    """The build's cache key; int8 without calibration data fails first, before the GPU is queried."""
+    calib_hash = ""
+    if options.precision == "int8":
+        if calibration is None:
+            raise BackendError("precision int8 needs calibration data (--calib-images DIR or --calib-bag BAG)")
+        calib_hash = calibration.sha256()
+    return engine_key(machine_identity(device), onnx_path, variant, options, calib_hash)
+
+
 def ensure_engine(
     onnx_path: str | Path,
     variant: ModelVariant,
@@ -208,11 +218,8 @@ def ensure_engine(
 
     ``calibration`` (int8 only) is a ``calibration.CalibrationSource``; its content hash is part of the key.
     """
-    identity = machine_identity(device)
-    calib_hash = calibration.sha256() if (calibration is not None and options.precision == "int8") else ""
-    if options.precision == "int8" and not calib_hash:
-        raise BackendError("precision int8 needs calibration data (--calib-images DIR or --calib-bag BAG)")
-    key = engine_key(identity, onnx_path, variant, options, calib_hash)
+    key = _build_key(onnx_path, variant, options, device, calibration)
+    calib_hash = key.calibration_sha256
     cache = EngineCache(cache_dir)
     stem = f"{variant.name}-{Path(onnx_path).stem}"
     hit = cache.lookup(stem, key)
@@ -240,15 +247,11 @@ def build_engine_file(
     log: Callable[[str], None] = print,
 ) -> tuple[Path, EngineKey]:
     """Build into an explicit file (with its metadata sidecar) instead of the cache."""
-    identity = machine_identity(device)
-    calib_hash = calibration.sha256() if (calibration is not None and options.precision == "int8") else ""
-    key = engine_key(identity, onnx_path, variant, options, calib_hash)
+    key = _build_key(onnx_path, variant, options, device, calibration)
     calibrator = None
     if options.precision == "int8":
         from flashocc_ros.backends.calibration import EntropyCalibrator
 
-        if calibration is None:
-            raise BackendError("precision int8 needs calibration data (--calib-images DIR or --calib-bag BAG)")
         calibrator = EntropyCalibrator(calibration, variant, Path(str(out_path) + ".calib"), device)
     data = build_engine_bytes(onnx_path, variant, options, calibrator, log)
     return write_engine(out_path, data, key), key

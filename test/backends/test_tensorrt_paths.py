@@ -10,7 +10,13 @@ import torch
 
 from flashocc_ros.backends import BackendError, available_backends, create_runner, resolve_backend
 from flashocc_ros.backends.pooling import MAX_ROWS_PER_CELL, NUM_BEV_CELLS, POOL_INPUTS, depth_size
-from flashocc_ros.backends.tensorrt_runner import BuildOptions, cuda_device, import_tensorrt
+from flashocc_ros.backends.tensorrt_runner import (
+    BuildOptions,
+    build_engine_file,
+    cuda_device,
+    ensure_engine,
+    import_tensorrt,
+)
 from flashocc_ros.config import ConfigError, ModelConfig, get_variant, load_config
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -43,6 +49,19 @@ def test_auto_falls_back_and_explicit_tensorrt_fails_clearly(tmp_path):
     with pytest.raises(BackendError, match="tensorrt|GPU"):
         create_runner(cfg)
     assert not any(tmp_path.iterdir())  # nothing exported or built before the failure
+
+
+@pytest.mark.parametrize("build", ["cache", "file"])
+def test_int8_without_calibration_data_fails_before_touching_the_gpu(build, tmp_path):
+    """Both engine builders name the missing calibration data, on any machine (checked before the GPU query)."""
+    onnx = tmp_path / "m0.onnx"
+    onnx.write_bytes(b"not read")
+    variant, options = get_variant("M0"), BuildOptions(precision="int8")
+    with pytest.raises(BackendError, match=r"precision int8 needs calibration data \(--calib-images"):
+        if build == "cache":
+            ensure_engine(onnx, variant, options, tmp_path / "cache")
+        else:
+            build_engine_file(onnx, variant, options, tmp_path / "m0.engine")
 
 
 def test_backend_and_precision_validation():
