@@ -234,6 +234,23 @@ def scene_sample_tokens(nusc, scene_token: str) -> list[str]:
     return tokens
 
 
+def split_sample_tokens(nusc, split: str) -> list[str]:
+    """Keyframes of the split's scenes, scene by scene (table order), in time order."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    splits = create_splits_scenes()
+    if split not in splits:
+        raise EvaluationError(f"unknown split {split!r}; known: {', '.join(sorted(splits))}")
+    names = set(splits[split])
+    tokens = []
+    for scene in nusc.scene:
+        if scene["name"] in names:
+            tokens += scene_sample_tokens(nusc, scene["token"])
+    if not tokens:
+        raise EvaluationError(f"no scene of split {split!r} in {nusc.dataroot} ({nusc.version})")
+    return tokens
+
+
 def origin_candidates(global_from_lidar: Sequence[np.ndarray], ego_from_lidar_ref: np.ndarray, ref: int) -> np.ndarray:
     """Lidar positions of every keyframe of a scene in keyframe ``ref``'s ego frame (N, 3) float64.
 

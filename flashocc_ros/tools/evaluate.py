@@ -203,16 +203,7 @@ def run(args: argparse.Namespace) -> ev.EvaluationResult:
 
 
 def _check_split(nusc, split: str, have: set[str]) -> None:
-    from nuscenes.utils.splits import create_splits_scenes
-
-    splits = create_splits_scenes()
-    if split not in splits:
-        raise ev.EvaluationError(f"unknown split {split!r}; known: {', '.join(sorted(splits))}")
-    names = set(splits[split])
-    missing = []
-    for scene in nusc.scene:
-        if scene["name"] in names:
-            missing += [t for t in ev.scene_sample_tokens(nusc, scene["token"]) if t not in have]
+    missing = [t for t in ev.split_sample_tokens(nusc, split) if t not in have]
     if missing:
         raise ev.EvaluationError(f"split {split}: {len(missing)} samples have no prediction (first: {missing[0]})")
 

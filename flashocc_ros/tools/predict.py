@@ -62,23 +62,6 @@ def _model_overrides(args: argparse.Namespace) -> dict:
     return {"model": model} if model else {}
 
 
-def split_sample_tokens(nusc, split: str) -> list[str]:
-    """Keyframes of the split's scenes, scene by scene (table order), in time order."""
-    from nuscenes.utils.splits import create_splits_scenes
-
-    splits = create_splits_scenes()
-    if split not in splits:
-        raise ev.EvaluationError(f"unknown split {split!r}; known: {', '.join(sorted(splits))}")
-    names = set(splits[split])
-    tokens = []
-    for scene in nusc.scene:
-        if scene["name"] in names:
-            tokens += ev.scene_sample_tokens(nusc, scene["token"])
-    if not tokens:
-        raise ev.EvaluationError(f"no scene of split {split!r} in {nusc.dataroot} ({nusc.version})")
-    return tokens
-
-
 def sample_inputs(nusc, sample_token: str):
     """(six JPEG byte strings, RigCalibration) of a keyframe, cameras in network order."""
     from nuscenes.utils.geometry_utils import transform_matrix
@@ -114,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, _model_overrides(args))
     nusc = ev.load_nuscenes(args.dataroot, args.version)
-    tokens = split_sample_tokens(nusc, args.split)
+    tokens = ev.split_sample_tokens(nusc, args.split)
     if args.limit:
         tokens = tokens[: args.limit]
     todo = [t for t in tokens if args.overwrite or not (args.out / f"{t}.npz").exists()]
