@@ -7,6 +7,7 @@ No ROS import: the offline tools and the node share these definitions.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,7 +207,7 @@ class ModelConfig:
     checkpoint: str = ""  # .pth (any format the loader accepts); empty = deterministic untrained weights
     engine: str = ""  # TensorRT engine or ONNX file, used by the matching backend
     backend: str = "auto"
-    device: str = "cpu"  # cpu | cuda | cuda:N
+    device: str = "auto"  # auto (cuda when a CUDA GPU is visible, else cpu) | cpu | cuda | cuda:N
     precision: str = "fp32"
     engine_cache_dir: str = "~/.cache/flashocc_ros/engines"
     pano_mode: str = "corrected"
@@ -218,8 +219,8 @@ class ModelConfig:
         _choice(prefix, "backend", self.backend, BACKENDS)
         _choice(prefix, "precision", self.precision, PRECISIONS)
         _choice(prefix, "pano_mode", self.pano_mode, PANO_MODES)
-        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
-            raise ConfigError(f"{prefix}.device: {self.device!r} is not cpu, cuda or cuda:N")
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
+            raise ConfigError(f"{prefix}.device: {self.device!r} is not auto, cpu, cuda or cuda:N")
         if not (0.0 <= self.score_threshold < 1.0):
             raise ConfigError(f"{prefix}.score_threshold: {self.score_threshold!r} is outside [0, 1)")
 

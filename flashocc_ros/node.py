@@ -92,7 +92,7 @@ PARAMETER_HELP = {
     "model.checkpoint": "official .pth checkpoint; empty = deterministic untrained weights",
     "model.engine": "TensorRT engine / ONNX file for those backends",
     "model.backend": "auto | tensorrt | onnxruntime | pytorch",
-    "model.device": "cpu | cuda | cuda:N",
+    "model.device": "auto | cpu | cuda | cuda:N (auto: cuda when a GPU is visible)",
     "model.precision": "fp32 | fp16 | int8",
     "model.engine_cache_dir": "where built engines are cached",
     "model.pano_mode": "panoptic post-processing: corrected | official",
@@ -276,9 +276,9 @@ class FlashOccNode(Node):
         t0 = time.monotonic()
         self.pipeline = pipeline_factory(self.cfg)
         self.backend_name = str(getattr(self.pipeline, "backend_name", self.cfg.model.backend))
+        device = getattr(getattr(self.pipeline, "runner", None), "device", self.cfg.model.device)
         self.get_logger().info(
-            f"{self.cfg.model.variant} ready on {self.cfg.model.device} (backend {self.backend_name}) "
-            f"in {time.monotonic() - t0:.1f} s"
+            f"{self.cfg.model.variant} ready on {device} (backend {self.backend_name}) in {time.monotonic() - t0:.1f} s"
         )
 
         if not self.cfg.model.checkpoint and not self.cfg.model.engine:

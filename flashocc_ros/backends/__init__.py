@@ -3,7 +3,8 @@
 * ``pytorch``      - eager PyTorch (CPU / CUDA), the reference;
 * ``onnxruntime``  - ONNX Runtime on the exported standard-op ONNX graph (CPU; CUDA/TensorRT EPs when present);
 * ``tensorrt``     - TensorRT 10 engine built from that ONNX, cached per machine (``engine_cache``);
-* ``auto``         - TensorRT when ``tensorrt`` imports and a CUDA GPU is visible, else ONNX Runtime, else PyTorch.
+* ``auto``         - on a CUDA device: TensorRT when ``tensorrt`` imports, else ONNX Runtime, else PyTorch; on the CPU:
+                     ONNX Runtime, else PyTorch. ``model.device: auto`` (default) is ``cuda`` when PyTorch sees a GPU.
 
 ``create_runner(cfg)`` resolves the backend, loads the weights (``model.checkpoint`` or the deterministic
 untrained weights), exports/caches the ONNX file and builds/caches the engine as needed. No ROS imports.
@@ -52,6 +53,7 @@ __all__ = [
     "load_weights",
     "output_specs",
     "resolve_backend",
+    "resolve_device",
 ]
 
 DETERMINISTIC_SEED = 0
@@ -90,18 +92,37 @@ def available_backends() -> dict[str, str]:
     return {"tensorrt": "" if trt_ok else trt_why, "onnxruntime": "" if ort_ok else ort_why, "pytorch": ""}
 
 
+def resolve_device(model_cfg: ModelConfig) -> str:
+    """The concrete device for ``model.device``: ``auto`` is ``cuda`` when PyTorch sees a CUDA GPU, else ``cpu``."""
+    if model_cfg.device != "auto":
+        return model_cfg.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_backend(model_cfg: ModelConfig) -> str:
-    """The concrete backend for ``model.backend`` (``auto``: TensorRT > ONNX Runtime > PyTorch)."""
+    """The concrete backend for ``model.backend`` (``auto``: TensorRT > ONNX Runtime > PyTorch on a CUDA device,
+    ONNX Runtime > PyTorch on the CPU)."""
     wanted = model_cfg.backend
+    on_gpu = resolve_device(model_cfg).startswith("cuda")
     if wanted == "auto":
         if model_cfg.precision == "int8":
+            if not on_gpu:
+                raise ConfigError(
+                    f"model.precision: int8 needs the tensorrt backend on a CUDA GPU, but model.device is "
+                    f"{model_cfg.device!r} (resolves to cpu); use fp32 on the CPU"
+                )
             return "tensorrt"
-        for name, why in available_backends().items():
+        reasons = available_backends() if on_gpu else {"onnxruntime": onnxruntime_available()[1], "pytorch": ""}
+        for name, why in reasons.items():
             if not why:
                 return name
         return "pytorch"
     if wanted not in ("tensorrt", "onnxruntime", "pytorch"):
         raise ConfigError(f"model.backend: {wanted!r} is not one of auto, tensorrt, onnxruntime, pytorch")
+    if wanted == "tensorrt" and model_cfg.device == "cpu":
+        raise ConfigError("model.backend: tensorrt runs on a CUDA GPU, but model.device is 'cpu' (use cuda or auto)")
     if wanted != "tensorrt" and model_cfg.precision == "int8":
         raise ConfigError(
             f"model.precision: int8 is only supported by the tensorrt backend (model.backend is {wanted!r})"
@@ -173,11 +194,12 @@ def create_runner(
     model_cfg.validate()
     variant = get_variant(model_cfg.variant)
     backend = resolve_backend(model_cfg)
+    device = resolve_device(model_cfg)
     if backend == "pytorch":
         from flashocc_ros.backends.torch_runner import TorchRunner
 
         state_dict, _ = load_weights(model_cfg)
-        return TorchRunner(variant, state_dict, model_cfg.device, with_logits, model_cfg.precision)
+        return TorchRunner(variant, state_dict, device, with_logits, model_cfg.precision)
     if backend == "onnxruntime":
         from flashocc_ros.backends.ort_runner import OnnxRuntimeRunner
 
@@ -185,14 +207,14 @@ def create_runner(
         return OnnxRuntimeRunner(
             variant,
             onnx_path,
-            model_cfg.device,
+            device,
             with_logits,
             model_cfg.precision,
             trt_cache_dir=str(_cache_root(model_cfg) / "ort-trt"),
         )
     from flashocc_ros.backends.tensorrt_runner import BuildOptions, TensorRTRunner, ensure_engine, machine_identity
 
-    device = model_cfg.device if model_cfg.device.startswith("cuda") else "cuda"
+    device = device if device.startswith("cuda") else "cuda"  # device auto without a GPU: the clear no-GPU error
     ident = machine_identity(device)  # fails fast (no tensorrt / no GPU) before any export or build
     engine = model_cfg.engine
     if engine and engine.endswith(ENGINE_SUFFIXES):

@@ -80,7 +80,7 @@ def cmd_engine(args) -> int:
 
 
 def cmd_build_only(args) -> int:
-    from flashocc_ros.backends import ensure_onnx, resolve_backend
+    from flashocc_ros.backends import ensure_onnx, resolve_backend, resolve_device
     from flashocc_ros.backends.tensorrt_runner import BuildOptions, ensure_engine
 
     overrides = {}
@@ -105,7 +105,8 @@ def cmd_build_only(args) -> int:
         raise ConfigError(
             "build_only: int8 engines need calibration data; use `flashocc-export engine --precision int8`"
         )
-    device = cfg.model.device if cfg.model.device.startswith("cuda") else "cuda"
+    device = resolve_device(cfg.model)
+    device = device if device.startswith("cuda") else "cuda"  # engines are built on a GPU
     path, _ = ensure_engine(
         onnx_path, cfg.variant, BuildOptions(precision=cfg.model.precision), cfg.model.engine_cache_dir, device
     )

@@ -66,7 +66,7 @@ def test_int8_without_calibration_data_fails_before_touching_the_gpu(build, tmp_
 
 def test_backend_and_precision_validation():
     assert resolve_backend(ModelConfig(backend="pytorch")) == "pytorch"
-    assert resolve_backend(ModelConfig(backend="auto", precision="int8")) == "tensorrt"
+    assert resolve_backend(ModelConfig(backend="auto", device="cuda", precision="int8")) == "tensorrt"
     with pytest.raises(ConfigError, match="int8 is only supported by the tensorrt backend"):
         resolve_backend(ModelConfig(backend="onnxruntime", precision="int8"))
     with pytest.raises(ConfigError, match="model.backend"):
@@ -115,3 +115,23 @@ def test_tensorrt_fp16_engine_agrees_with_pytorch(tmp_path):  # pragma: no cover
             r.infer(img)
         agree = float(np.mean(trt_runner.outputs["occ_labels"] == ref.outputs["occ_labels"]))
     assert agree >= 0.999
+
+
+def test_device_auto_resolves_to_what_pytorch_sees_and_cpu_never_picks_tensorrt():
+    import torch
+
+    from flashocc_ros.backends import resolve_device
+
+    assert ModelConfig().device == "auto"
+    assert resolve_device(ModelConfig()) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(ModelConfig(device="cuda:1")) == "cuda:1"
+    # On the CPU, auto chooses among the CPU backends only (without even importing tensorrt).
+    assert resolve_backend(ModelConfig(backend="auto", device="cpu")) == "onnxruntime"
+    with pytest.raises(ConfigError, match=r"int8 needs the tensorrt backend on a CUDA GPU.*'cpu'"):
+        resolve_backend(ModelConfig(backend="auto", device="cpu", precision="int8"))
+    with pytest.raises(ConfigError, match=r"tensorrt runs on a CUDA GPU, but model.device is 'cpu'"):
+        resolve_backend(ModelConfig(backend="tensorrt", device="cpu"))
+    with pytest.raises(ConfigError, match=r"model.device: 'gpu' is not auto, cpu, cuda or cuda:N"):
+        ModelConfig(device="gpu").validate()
+    with pytest.raises(ConfigError, match=r"model.device: 'cuda:x'"):
+        ModelConfig(device="cuda:x").validate()
