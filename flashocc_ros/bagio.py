@@ -35,6 +35,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from flashocc_ros.config import CLASS_NAMES, FREE_INDEX, OCC_GRID, CameraConfig, GridSpec, OutputConfig
+from flashocc_ros.grids import check_labels, check_mask
 
 # ----------------------------------------------------------------------------------------------------------------
 # Names
@@ -255,10 +256,11 @@ class MessageFactory:
     ):
         """flashocc_ros/SemanticOccupancy from a (200, 200, 16) uint8 [ix, iy, iz] grid (masks optional)."""
         T = self.T
-        labels = _check_grid("labels", labels, grid)
+        labels = np.ascontiguousarray(check_labels(labels, "labels", grid.shape))
         masks = {}
         for name, mask in (("mask_camera", mask_camera), ("mask_lidar", mask_lidar)):
-            masks[name] = np.zeros(0, np.uint8) if mask is None else _check_grid(name, mask, grid).ravel()
+            checked = None if mask is None else check_mask(mask, name, grid.shape)
+            masks[name] = np.zeros(0, np.uint8) if checked is None else checked.astype(np.uint8).ravel()
         return T[SEMANTIC_OCCUPANCY](
             header=self.header(stamp, frame_id),
             origin=T["geometry_msgs/msg/Point"](x=float(grid.lower[0]), y=float(grid.lower[1]), z=float(grid.lower[2])),
@@ -336,13 +338,6 @@ class OccupancyGrid:
     mask_camera: np.ndarray | None
     mask_lidar: np.ndarray | None
     source: str
-
-
-def _check_grid(name: str, grid: np.ndarray, spec: GridSpec) -> np.ndarray:
-    grid = np.asarray(grid)
-    if tuple(grid.shape) != tuple(spec.shape):
-        raise ValueError(f"{name}: shape {tuple(grid.shape)}, expected {spec.shape}")
-    return np.ascontiguousarray(grid, np.uint8)
 
 
 def _uint8_field(value: Any) -> np.ndarray:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from flashocc_ros.config import CLASS_COLORS, CLASS_NAMES, FREE_INDEX, NUM_CLASSES, OCC_GRID
+from flashocc_ros.grids import check_labels, check_mask, check_panoptic
 from flashocc_ros.metrics import miou as miou_metric
 from flashocc_ros.metrics import ray as ray_metric
 
@@ -89,34 +90,27 @@ def _load_npz(path: Path) -> Any:
         raise EvaluationError(f"{path}: not a readable .npz file ({exc})") from None
 
 
-def _grid(npz: Any, key: str, path: Path, integer: bool = True) -> np.ndarray:
+def _grid(npz: Any, key: str, path: Path, check) -> np.ndarray:
+    """npz[key] through one of the `flashocc_ros.grids` checks, errors as EvaluationError naming file and key."""
     if key not in npz.files:
         raise EvaluationError(f"{path}: missing key {key!r} (has {', '.join(npz.files) or 'nothing'})")
-    value = npz[key]
-    if value.shape != OCC_GRID.shape:
-        raise EvaluationError(f"{path}: {key!r} has shape {value.shape}, expected {OCC_GRID.shape}")
-    if integer and not (np.issubdtype(value.dtype, np.integer) or value.dtype == bool):
-        raise EvaluationError(f"{path}: {key!r} has dtype {value.dtype}, expected integers")
-    return value
+    return check(npz[key], f"{path}: key {key!r}", error=EvaluationError)
 
 
 def load_ground_truth(path: str | Path, need_instances: bool = False) -> GroundTruth:
     path = Path(path)
     with _load_npz(path) as npz:
-        semantics = _grid(npz, "semantics", path)
-        if semantics.size and (semantics.min() < 0 or semantics.max() > FREE_INDEX):
-            raise EvaluationError(f"{path}: 'semantics' holds {semantics.max()}, expected 0..{FREE_INDEX}")
         gt = GroundTruth(
-            semantics=semantics.astype(np.uint8),
-            mask_camera=_grid(npz, "mask_camera", path).astype(bool),
-            mask_lidar=_grid(npz, "mask_lidar", path).astype(bool),
+            semantics=_grid(npz, "semantics", path, check_labels),
+            mask_camera=_grid(npz, "mask_camera", path, check_mask),
+            mask_lidar=_grid(npz, "mask_lidar", path, check_mask),
         )
         if need_instances:
             if "instances" not in npz.files:
                 raise EvaluationError(
                     f"{path}: missing key 'instances' (RayPQ needs the panoptic ground truth, occ3d_panoptic layout)"
                 )
-            gt.instances = _grid(npz, "instances", path).astype(np.int64)
+            gt.instances = _grid(npz, "instances", path, check_panoptic).astype(np.int64)
     return gt
 
 
@@ -129,16 +123,11 @@ class Prediction:
 def load_prediction(path: str | Path, need_instances: bool = False) -> Prediction:
     path = Path(path)
     with _load_npz(path) as npz:
-        semantic = _grid(npz, PRED_SEMANTIC_KEY, path)
-        if semantic.size and (semantic.min() < 0 or semantic.max() > FREE_INDEX):
-            raise EvaluationError(
-                f"{path}: {PRED_SEMANTIC_KEY!r} holds class {semantic.max()}, expected 0..{FREE_INDEX}"
-            )
-        pred = Prediction(semantic=semantic.astype(np.uint8))
+        pred = Prediction(semantic=_grid(npz, PRED_SEMANTIC_KEY, path, check_labels))
         if need_instances:
             if PRED_INSTANCE_KEY not in npz.files:
                 raise EvaluationError(f"{path}: missing key {PRED_INSTANCE_KEY!r} (RayPQ needs panoptic predictions)")
-            pred.instances = _grid(npz, PRED_INSTANCE_KEY, path).astype(np.int32)
+            pred.instances = _grid(npz, PRED_INSTANCE_KEY, path, check_panoptic)
     return pred
 
 

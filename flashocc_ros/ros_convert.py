@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from flashocc_ros.config import CLASS_NAMES, FIRST_INSTANCE_ID, FREE_INDEX, OCC_GRID, GridSpec
+from flashocc_ros.grids import check_labels, check_panoptic
 from flashocc_ros.tf_tree import check_intrinsics
 from flashocc_ros.viz.colors import CLASS_PALETTE, panoptic_colors
 
@@ -28,8 +29,8 @@ class BadInput(ValueError):
 
 
 def _check_grid(name: str, grid: np.ndarray, spec: GridSpec) -> None:
-    if tuple(grid.shape) != tuple(spec.shape):
-        raise ValueError(f"{name} grid has shape {tuple(grid.shape)}, expected {spec.shape}")
+    """Grids handed to the message builders: the shared checks (shape, dtype, values), errors as GridError."""
+    (check_panoptic if name == "panoptic" else check_labels)(grid, f"{name} grid", spec.shape)
 
 
 def fill_semantic_msg(msg: Any, semantic: np.ndarray, header: Any, source: str, spec: GridSpec = OCC_GRID) -> Any:

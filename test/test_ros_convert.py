@@ -163,8 +163,12 @@ def test_semantic_and_panoptic_roundtrip():
     assert pmsg.mode == "corrected" and pmsg.semantic.header.frame_id == "base_link"
     (inst,) = pmsg.instances
     assert (inst.id, inst.class_index, inst.center.y, inst.voxel_count) == (18, 4, 2.0, int((grid == 4).sum()))
-    with pytest.raises(ValueError, match="panoptic ids must lie in"):
+    with pytest.raises(ValueError, match="panoptic grid: negative panoptic id -100"):
         panoptic_to_msg(grid, pano - 100, None, header, "x", "corrected")
+    with pytest.raises(ValueError, match=r"panoptic ids must lie in \[0, 65535\]"):
+        panoptic_to_msg(grid, pano + 70000, None, header, "x", "corrected")
+    with pytest.raises(ValueError, match=r"semantic grid: class index 18 is outside 0..17"):
+        semantic_to_msg(np.full_like(grid, 18), header, "x")
 
 
 @pytest.mark.ros

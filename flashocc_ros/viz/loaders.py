@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flashocc_ros.config import CAMERA_NAMES, NUM_CLASSES, OCC_GRID
+from flashocc_ros import grids
+from flashocc_ros.config import CAMERA_NAMES, OCC_GRID
 
 PRED_KEY, INST_KEY = "pred", "inst"
 GT_KEY, GT_INST_KEY = "semantics", "instances"
@@ -58,37 +59,15 @@ class OccupancyFrame:
 
 def check_labels(array: np.ndarray, where: str, shape: tuple[int, ...] = OCC_GRID.shape) -> np.ndarray:
     """A class-index grid as uint8, or OccupancyFileError naming `where` (e.g. 'file.npz: key pred')."""
-    array = np.asarray(array)
-    if array.shape != tuple(shape):
-        raise OccupancyFileError(f"{where}: shape {array.shape}, expected {tuple(shape)}")
-    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
-        raise OccupancyFileError(f"{where}: dtype {array.dtype}, expected integer class indices")
-    if array.size:
-        lo, hi = int(array.min()), int(array.max())
-        if lo < 0 or hi >= NUM_CLASSES:
-            bad = lo if lo < 0 else hi
-            raise OccupancyFileError(f"{where}: class index {bad} is outside 0..{NUM_CLASSES - 1}")
-    return array.astype(np.uint8, copy=False)
+    return grids.check_labels(array, where, shape, error=OccupancyFileError)
 
 
 def check_panoptic(array: np.ndarray, where: str, shape: tuple[int, ...] = OCC_GRID.shape) -> np.ndarray:
-    array = np.asarray(array)
-    if array.shape != tuple(shape):
-        raise OccupancyFileError(f"{where}: shape {array.shape}, expected {tuple(shape)}")
-    if not np.issubdtype(array.dtype, np.integer):
-        raise OccupancyFileError(f"{where}: dtype {array.dtype}, expected integer panoptic ids")
-    if array.size and int(array.min()) < 0:
-        raise OccupancyFileError(f"{where}: negative panoptic id {int(array.min())}")
-    return array.astype(np.int32, copy=False)
+    return grids.check_panoptic(array, where, shape, error=OccupancyFileError)
 
 
 def check_mask(array: np.ndarray, where: str, shape: tuple[int, ...] = OCC_GRID.shape) -> np.ndarray:
-    array = np.asarray(array)
-    if array.shape != tuple(shape):
-        raise OccupancyFileError(f"{where}: shape {array.shape}, expected {tuple(shape)}")
-    if array.size and not np.isin(np.unique(array), (0, 1)).all():
-        raise OccupancyFileError(f"{where}: mask values must be 0/1, found {np.unique(array)[:5].tolist()}")
-    return array.astype(bool)
+    return grids.check_mask(array, where, shape, error=OccupancyFileError)
 
 
 # ----------------------------------------------------------------------------------------------------------------
