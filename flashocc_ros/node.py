@@ -64,7 +64,7 @@ from flashocc_ros.ros_convert import (
     pointcloud2_msg,
     semantic_to_msg,
 )
-from flashocc_ros.sync import ApproximateTimeSync, CameraSet, LatestSlot
+from flashocc_ros.sync import ApproximateTimeSync, CameraSet, LatestSlot, silent_streams
 from flashocc_ros.tf_tree import (
     ExtrapolationError,
     TransformError,
@@ -486,19 +486,16 @@ class FlashOccNode(Node):
         now = time.monotonic()
         with self._lock:
             last = [self._sync.last_received(i) for i in range(len(self.cameras))]
+            lag = [self._sync.stamp_lag_ns(i) for i in range(len(self.cameras))]
             incomplete = self._sync.counters.sets_incomplete
-        recent = [t is not None and now - t < timeout for t in last]
-        if not any(recent):
-            return
-        for i, ok in enumerate(recent):
-            if not ok:
-                cam = self.cameras[i]
-                since = "nothing received yet" if last[i] is None else f"silent for {now - last[i]:.1f} s"
-                self._log.warn(
-                    f"silent:{i}",
-                    f"camera {cam.name} ({cam.image_topic}): {since} while other cameras publish; "
-                    f"{incomplete} incomplete sets so far",
-                )
+        for i in silent_streams(now, last, lag, timeout):
+            cam = self.cameras[i]
+            since = "nothing received yet" if last[i] is None else f"silent for {now - last[i]:.1f} s"
+            self._log.warn(
+                f"silent:{i}",
+                f"camera {cam.name} ({cam.image_topic}): {since} ({lag[i] * 1e-9:.1f} s behind in message time) "
+                f"while other cameras publish; {incomplete} incomplete sets so far",
+            )
 
     # ---------------------------------------------------------------------------------------------------------
     # Worker

@@ -16,6 +16,7 @@ import collections
 import statistics
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -114,6 +115,7 @@ class ApproximateTimeSync:
         self.key_index = key_index
         self.counters = SyncCounters()
         self._streams = [_Stream(queue_size) for _ in range(num_streams)]
+        self._first_stamp_ns: int | None = None  # first accepted stamp of any stream since the last reset
 
     # ----------------------------------------------------------------------------------------------------------
     def set_max_spread_ns(self, max_spread_ns: int) -> None:
@@ -125,12 +127,23 @@ class ApproximateTimeSync:
         """Monotonic receipt time of the stream's last accepted frame (None: nothing yet)."""
         return self._streams[stream].last_received
 
+    def stamp_lag_ns(self, stream: int) -> int | None:
+        """How far, in message time, the newest accepted stamp of any stream is ahead of this stream's last one
+        (for a stream with nothing since the last reset: ahead of the first stamp of any stream). None before any
+        frame arrived. Unlike receipt times this does not grow when a bag is replayed slower than real time."""
+        stamps = [s.last_stamp_ns for s in self._streams if s.last_stamp_ns is not None]
+        if not stamps:
+            return None
+        own = self._streams[stream].last_stamp_ns
+        return max(stamps) - (own if own is not None else self._first_stamp_ns)
+
     def pending(self) -> list[int]:
         """Number of queued frames per stream."""
         return [len(s.queue) for s in self._streams]
 
     def reset(self) -> None:
         """Forget all queued frames and timing history (counters are kept)."""
+        self._first_stamp_ns = None
         for s in self._streams:
             s.queue.clear()
             s.last_stamp_ns = None
@@ -173,6 +186,8 @@ class ApproximateTimeSync:
 
         s.last_stamp_ns = stamp_ns
         s.last_received = received
+        if self._first_stamp_ns is None:
+            self._first_stamp_ns = stamp_ns
         s.queue.append(Frame(stream, stamp_ns, payload, received))
         while len(s.queue) > self.queue_size:
             s.queue.popleft()
@@ -322,3 +337,18 @@ class LatestSlot(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def silent_streams(
+    now: float, last_received: Sequence[float | None], stamp_lag_ns: Sequence[int | None], timeout_s: float
+) -> list[int]:
+    """Streams to report as silent while others publish: nothing received for `timeout_s` of wall time while some
+    other stream was, *and* behind the newest stamp by at least `timeout_s` of message time (a stream that never
+    sent anything: the newest stamp is that far past the first stamp of any stream). The second condition keeps a
+    slow bag replay (one sweep's cameras arriving seconds apart in wall time) from being reported; a camera that
+    really stopped falls behind in both."""
+    recent = [t is not None and now - t < timeout_s for t in last_received]
+    if not any(recent):
+        return []
+    timeout_ns = timeout_s * 1e9
+    return [i for i, ok in enumerate(recent) if not ok and (stamp_lag_ns[i] is None or stamp_lag_ns[i] >= timeout_ns)]

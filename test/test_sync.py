@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from flashocc_ros.sync import ApproximateTimeSync, LatestSlot
+from flashocc_ros.sync import ApproximateTimeSync, LatestSlot, silent_streams
 
 MS = 1_000_000
 # Offsets (ms) of the six nuScenes cameras inside one sweep: spread ~45 ms, key camera not first.
@@ -128,3 +128,31 @@ def test_latest_slot_replaces_waiting_item_and_wakes_consumer():
     assert got == [3]
     slot.close()
     assert slot.get(timeout=5) is None
+
+
+def test_stamp_lag_follows_message_time_and_resets_with_the_timeline():
+    sync = ApproximateTimeSync(3, 60 * MS)
+    assert sync.stamp_lag_ns(0) is None  # nothing yet
+    sync.add(0, 1_000 * MS, "a", received=0.0)
+    sync.add(1, 1_010 * MS, "b", received=5.0)  # same sweep, 5 s later in wall time (slow replay)
+    assert sync.stamp_lag_ns(0) == 10 * MS and sync.stamp_lag_ns(1) == 0
+    assert sync.stamp_lag_ns(2) == 10 * MS  # never sent: measured from the first stamp of any stream
+    for k in range(1, 4):  # stream 2 stays silent while 0 and 1 go on
+        sync.add(0, (1_000 + 500 * k) * MS, "a", received=5.0 + k)
+        sync.add(1, (1_010 + 500 * k) * MS, "b", received=5.0 + k)
+    assert sync.stamp_lag_ns(2) == 1_510 * MS and sync.stamp_lag_ns(0) == 10 * MS
+    sync.add(0, 10 * MS, "a")  # time went backwards: new timeline
+    assert sync.stamp_lag_ns(0) == 0 and sync.stamp_lag_ns(2) == 0
+
+
+def test_silent_streams_needs_wall_and_message_time_behind():
+    s = 1e9
+    # Live: camera 2 stopped 3 s ago (wall) and is 3 s behind in stamps -> reported.
+    assert silent_streams(10.0, [9.9, 9.95, 7.0], [0, 0, int(3 * s)], 1.0) == [2]
+    # Slow replay: camera 2 last arrived 3 s ago (wall) but its data is only 50 ms behind -> not reported.
+    assert silent_streams(10.0, [9.9, 9.95, 7.0], [0, 0, int(0.05 * s)], 1.0) == []
+    # Never received: reported once the others have covered the timeout in message time, not before.
+    assert silent_streams(10.0, [9.9, 9.95, None], [0, 0, int(2 * s)], 1.0) == [2]
+    assert silent_streams(10.0, [9.9, 9.95, None], [0, 0, int(0.3 * s)], 1.0) == []
+    # Everyone quiet (bag paused, end of data): nothing to report.
+    assert silent_streams(10.0, [5.0, 5.0, 2.0], [0, 0, int(3 * s)], 1.0) == []
