@@ -36,6 +36,17 @@ class OccupancyResult:
     logits: np.ndarray | None = None  # (200, 200, 16, 18) float32, only when the pipeline keeps logits
 
 
+def postprocess_device(runner: Runner):
+    """Where centre decoding and panoptic assignment run: the runner's CUDA device when it has one and PyTorch can
+    use it (the same device as the network), else the CPU."""
+    import torch
+
+    device = torch.device(str(getattr(runner, "device", "cpu")))
+    if device.type == "cuda" and torch.cuda.is_available():
+        return device
+    return torch.device("cpu")
+
+
 class OccupancyPipeline:
     def __init__(
         self,
@@ -57,6 +68,7 @@ class OccupancyPipeline:
         if self.runner.variant.name != self.variant.name:
             raise PipelineError(f"runner is for {self.runner.variant.name}, config wants {self.variant.name}")
         self.backend_name = self.runner.backend
+        self.postprocess_device = postprocess_device(self.runner)
         self._geometry = PoolIndexCache(max_entries=4)
         self._fingerprint: str | None = None
         self.calibration: RigCalibration | None = None
@@ -163,13 +175,18 @@ class OccupancyPipeline:
         from flashocc_ros.centers import decode_centers
         from flashocc_ros.panoptic import assign_instances
 
+        device = self.postprocess_device
+
+        def on_device(array: np.ndarray):
+            return torch.from_numpy(array).to(device)  # no copy on the CPU
+
         centers = decode_centers(
-            torch.from_numpy(out[CENTER_HEATMAP]),
-            torch.from_numpy(out[CENTER_REG]),
-            torch.from_numpy(out[CENTER_HEIGHT]),
+            on_device(out[CENTER_HEATMAP]),
+            on_device(out[CENTER_REG]),
+            on_device(out[CENTER_HEIGHT]),
             score_threshold=self.cfg.model.score_threshold,
         )
-        pano = assign_instances(torch.from_numpy(result.semantic), centers, mode=self.cfg.model.pano_mode)
+        pano = assign_instances(on_device(result.semantic), centers, mode=self.cfg.model.pano_mode)
         result.centers = centers
         result.panoptic = pano.panoptic.cpu().numpy().astype(np.int32, copy=False)
         result.instances = pano.instances

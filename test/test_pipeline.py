@@ -10,7 +10,7 @@ import pytest
 from flashocc_ros.backends import OCC_LABELS
 from flashocc_ros.config import FREE_INDEX, get_variant, load_config
 from flashocc_ros.geometry import RigCalibration, reference_rig
-from flashocc_ros.pipeline import TIMING_KEYS, OccupancyPipeline, PipelineError
+from flashocc_ros.pipeline import TIMING_KEYS, OccupancyPipeline, PipelineError, postprocess_device
 from test.backends.exports import exported_onnx, golden_images, torch_reference
 
 
@@ -159,6 +159,34 @@ def test_panoptic_variant_returns_instances(tmp_path_factory):
         result.semantic[~things & (result.panoptic != 0)] == result.panoptic[~things & (result.panoptic != 0)]
     )
     assert len(result.centers.score) >= len(result.instances)
+
+
+def test_postprocess_device_follows_the_runner():
+    from types import SimpleNamespace
+
+    import torch
+
+    assert postprocess_device(SimpleNamespace(device="cpu")) == torch.device("cpu")
+    assert postprocess_device(SimpleNamespace()) == torch.device("cpu")  # a runner without a device attribute
+    want = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    assert postprocess_device(SimpleNamespace(device=torch.device("cuda:0"))) == want  # no usable CUDA: the CPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+def test_panoptic_postprocessing_on_cuda_equals_the_cpu(tmp_path_factory):
+    import torch
+
+    cfg = ort_config("PT", tmp_path_factory)
+    with OccupancyPipeline(cfg, log=lambda s: None) as pipe:
+        pipe.set_calibration(reference_rig())
+        pipe.postprocess_device = torch.device("cpu")
+        on_cpu = pipe.run(golden_images())
+        pipe.postprocess_device = torch.device("cuda")
+        on_gpu = pipe.run(golden_images())
+    np.testing.assert_array_equal(on_gpu.panoptic, on_cpu.panoptic)
+    assert on_gpu.centers.xyz.is_cuda
+    np.testing.assert_array_equal(on_gpu.instances.numpy().voxel_count, on_cpu.instances.numpy().voxel_count)
 
 
 def test_pytorch_backend_through_the_config(tmp_path):
