@@ -3,8 +3,9 @@
 * ``pytorch``      - eager PyTorch (CPU / CUDA), the reference;
 * ``onnxruntime``  - ONNX Runtime on the exported standard-op ONNX graph (CPU; CUDA/TensorRT EPs when present);
 * ``tensorrt``     - TensorRT 10 engine built from that ONNX, cached per machine (``engine_cache``);
-* ``auto``         - on a CUDA device: TensorRT when ``tensorrt`` imports, else ONNX Runtime, else PyTorch; on the CPU:
-                     ONNX Runtime, else PyTorch. ``model.device: auto`` (default) is ``cuda`` when PyTorch sees a GPU.
+* ``auto``         - on a CUDA device: TensorRT when ``tensorrt`` imports, else ONNX Runtime with a GPU provider, else
+                     PyTorch; on the CPU: ONNX Runtime, else PyTorch. ``model.device: auto`` (default) is ``cuda``
+                     when PyTorch sees a GPU (for ONNX Runtime: and onnxruntime-gpu is installed).
 
 ``create_runner(cfg)`` resolves the backend, loads the weights (``model.checkpoint`` or the deterministic
 untrained weights), exports/caches the ONNX file and builds/caches the engine as needed. No ROS imports.
@@ -51,6 +52,7 @@ __all__ = [
     "create_runner",
     "ensure_onnx",
     "load_weights",
+    "onnxruntime_gpu_available",
     "output_specs",
     "resolve_backend",
     "resolve_device",
@@ -85,6 +87,15 @@ def onnxruntime_available() -> tuple[bool, str]:
     return True, ""
 
 
+def onnxruntime_gpu_available() -> bool:
+    """Whether the installed onnxruntime has a CUDA or TensorRT execution provider (onnxruntime-gpu)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(onnxruntime.get_available_providers()))
+
+
 def available_backends() -> dict[str, str]:
     """backend -> "" if usable, else the reason it is not."""
     trt_ok, trt_why = tensorrt_available()
@@ -92,13 +103,18 @@ def available_backends() -> dict[str, str]:
     return {"tensorrt": "" if trt_ok else trt_why, "onnxruntime": "" if ort_ok else ort_why, "pytorch": ""}
 
 
-def resolve_device(model_cfg: ModelConfig) -> str:
-    """The concrete device for ``model.device``: ``auto`` is ``cuda`` when PyTorch sees a CUDA GPU, else ``cpu``."""
+def resolve_device(model_cfg: ModelConfig, backend: str | None = None) -> str:
+    """The concrete device for ``model.device``: ``auto`` is ``cuda`` when PyTorch sees a CUDA GPU (and, for the
+    onnxruntime backend, the installed onnxruntime has a GPU provider), else ``cpu``."""
     if model_cfg.device != "auto":
         return model_cfg.device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    if backend == "onnxruntime" and not onnxruntime_gpu_available():
+        return "cpu"
+    return "cuda"
 
 
 def resolve_backend(model_cfg: ModelConfig) -> str:
@@ -114,11 +130,11 @@ def resolve_backend(model_cfg: ModelConfig) -> str:
                     f"{model_cfg.device!r} (resolves to cpu); use fp32 on the CPU"
                 )
             return "tensorrt"
-        reasons = available_backends() if on_gpu else {"onnxruntime": onnxruntime_available()[1], "pytorch": ""}
-        for name, why in reasons.items():
-            if not why:
-                return name
-        return "pytorch"
+        if on_gpu:  # TensorRT, else ONNX Runtime on the GPU, else PyTorch on the GPU (faster than any CPU backend)
+            if tensorrt_available()[0]:
+                return "tensorrt"
+            return "onnxruntime" if onnxruntime_gpu_available() else "pytorch"
+        return "onnxruntime" if onnxruntime_available()[0] else "pytorch"
     if wanted not in ("tensorrt", "onnxruntime", "pytorch"):
         raise ConfigError(f"model.backend: {wanted!r} is not one of auto, tensorrt, onnxruntime, pytorch")
     if wanted == "tensorrt" and model_cfg.device == "cpu":
@@ -194,7 +210,7 @@ def create_runner(
     model_cfg.validate()
     variant = get_variant(model_cfg.variant)
     backend = resolve_backend(model_cfg)
-    device = resolve_device(model_cfg)
+    device = resolve_device(model_cfg, backend)
     if backend == "pytorch":
         from flashocc_ros.backends.torch_runner import TorchRunner
 

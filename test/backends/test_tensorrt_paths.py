@@ -135,3 +135,25 @@ def test_device_auto_resolves_to_what_pytorch_sees_and_cpu_never_picks_tensorrt(
         ModelConfig(device="gpu").validate()
     with pytest.raises(ConfigError, match=r"model.device: 'cuda:x'"):
         ModelConfig(device="cuda:x").validate()
+
+
+def test_auto_choice_on_a_gpu_machine(monkeypatch):
+    """The GPU branch of the choice, with the GPU and the providers simulated (CI has no GPU)."""
+    import torch
+
+    import flashocc_ros.backends as backends
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(backends, "tensorrt_available", lambda: (False, "no tensorrt"))
+    monkeypatch.setattr(backends, "onnxruntime_gpu_available", lambda: False)
+    auto = ModelConfig(backend="auto")
+    # No TensorRT, CPU-only onnxruntime: the GPU through PyTorch, not ONNX Runtime on the CPU.
+    assert resolve_backend(auto) == "pytorch" and backends.resolve_device(auto, "pytorch") == "cuda"
+    # An explicit onnxruntime backend with device auto stays on the CPU instead of failing for want of a provider.
+    assert backends.resolve_device(ModelConfig(backend="onnxruntime"), "onnxruntime") == "cpu"
+    monkeypatch.setattr(backends, "onnxruntime_gpu_available", lambda: True)
+    assert resolve_backend(auto) == "onnxruntime"
+    assert backends.resolve_device(ModelConfig(backend="onnxruntime"), "onnxruntime") == "cuda"
+    monkeypatch.setattr(backends, "tensorrt_available", lambda: (True, ""))
+    assert resolve_backend(auto) == "tensorrt"
+    assert resolve_backend(ModelConfig(backend="auto", device="cpu")) == "onnxruntime"  # cpu: never TensorRT
