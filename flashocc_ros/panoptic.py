@@ -2,8 +2,9 @@
 
 Panoptic-FlashOcc (paper §3.4, Algorithm 1) turns a semantic grid plus the decoded instance centres of its
 centerness head into a panoptic grid without learned parameters: every voxel of a thing class takes the id of the
-nearest centre of the same class. This module does that in pure torch, vectorized, on CPU or CUDA (no extension,
-no ROS), in two modes (details and the full list of differences: docs/panoptic.md):
+nearest centre of the same class. This module does that in torch, vectorized, on CPU or CUDA (no extension, no
+ROS; on the CPU the grid-sized nonzero of a dense grid goes through numpy on a zero-copy view, see `_grid_nonzero`
+below), in two modes (details and the full list of differences: docs/panoptic.md):
 
 * ``"official"`` reproduces the official code's default (CUDA-kernel) path bit for bit: its hard-coded class tables
   (written for another detection-class order), centres truncated to integer voxel indices in float32, integer
