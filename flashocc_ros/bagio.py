@@ -259,8 +259,10 @@ class MessageFactory:
         labels = np.ascontiguousarray(check_labels(labels, "labels", grid.shape))
         masks = {}
         for name, mask in (("mask_camera", mask_camera), ("mask_lidar", mask_lidar)):
-            checked = None if mask is None else check_mask(mask, name, grid.shape)
-            masks[name] = np.zeros(0, np.uint8) if checked is None else checked.astype(np.uint8).ravel()
+            if mask is None:
+                masks[name] = np.zeros(0, np.uint8)  # absent: empty field
+            else:
+                masks[name] = check_mask(mask, name, grid.shape).astype(np.uint8).ravel()
         return T[SEMANTIC_OCCUPANCY](
             header=self.header(stamp, frame_id),
             origin=T["geometry_msgs/msg/Point"](x=float(grid.lower[0]), y=float(grid.lower[1]), z=float(grid.lower[2])),

@@ -28,14 +28,9 @@ class BadInput(ValueError):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _check_grid(name: str, grid: np.ndarray, spec: GridSpec) -> None:
-    """Grids handed to the message builders: the shared checks (shape, dtype, values), errors as GridError."""
-    (check_panoptic if name == "panoptic" else check_labels)(grid, f"{name} grid", spec.shape)
-
-
 def fill_semantic_msg(msg: Any, semantic: np.ndarray, header: Any, source: str, spec: GridSpec = OCC_GRID) -> Any:
     """Fill a flashocc_ros/SemanticOccupancy from a (200,200,16) uint8 [ix,iy,iz] grid."""
-    _check_grid("semantic", semantic, spec)
+    check_labels(semantic, "semantic grid", spec.shape)
     msg.header = header
     msg.origin.x, msg.origin.y, msg.origin.z = (float(v) for v in spec.lower)
     msg.voxel_size.x = msg.voxel_size.y = msg.voxel_size.z = float(spec.voxel_size)
@@ -74,12 +69,11 @@ def panoptic_to_msg(
     """flashocc_ros/PanopticOccupancy from the semantic grid, the int32 panoptic grid and an InstanceTable."""
     from flashocc_ros.msg import OccupancyInstance, PanopticOccupancy
 
-    _check_grid("panoptic", panoptic, spec)
+    pano = check_panoptic(panoptic, "panoptic grid", spec.shape)  # shape, integer dtype, no negative id
     msg = PanopticOccupancy()
     fill_semantic_msg(msg.semantic, semantic, header, source, spec)
     msg.mode = mode
-    pano = np.asarray(panoptic)
-    if pano.size and (int(pano.min()) < 0 or int(pano.max()) > 0xFFFF):
+    if pano.size and int(pano.max()) > 0xFFFF:
         raise ValueError(f"panoptic ids must lie in [0, 65535], got [{int(pano.min())}, {int(pano.max())}]")
     buf = array.array("H")
     buf.frombytes(np.ascontiguousarray(pano, dtype=np.uint16).tobytes())
@@ -127,7 +121,7 @@ def occupied_points(semantic: np.ndarray, panoptic: np.ndarray | None = None, sp
 
     Colour: class colour, or instance colour for voxels with an instance id when `panoptic` is given.
     """
-    _check_grid("semantic", semantic, spec)
+    check_labels(semantic, "semantic grid", spec.shape)
     ix, iy, iz = np.nonzero(semantic != FREE_INDEX)
     pts = np.empty(ix.size, dtype=POINT_DTYPE)
     cx, cy, cz = spec.voxel_center(ix, iy, iz)
@@ -135,7 +129,7 @@ def occupied_points(semantic: np.ndarray, panoptic: np.ndarray | None = None, sp
     labels = semantic[ix, iy, iz]
     pts["label"] = labels
     if panoptic is not None:
-        _check_grid("panoptic", panoptic, spec)
+        check_panoptic(panoptic, "panoptic grid", spec.shape)
         ids = np.asarray(panoptic)[ix, iy, iz]
         pts["instance"] = np.where(ids >= FIRST_INSTANCE_ID, ids, 0)
         rgb = panoptic_colors(ids)
@@ -185,7 +179,7 @@ def marker_voxels(semantic: np.ndarray, max_markers: int, spec: GridSpec = OCC_G
 
     When there are more, an even stride over all occupied voxels keeps every class represented in proportion.
     """
-    _check_grid("semantic", semantic, spec)
+    check_labels(semantic, "semantic grid", spec.shape)
     ix, iy, iz = np.nonzero(semantic != FREE_INDEX)
     n = ix.size
     if max_markers <= 0 or n == 0:
