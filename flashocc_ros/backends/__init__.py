@@ -230,7 +230,6 @@ def create_runner(
         )
     from flashocc_ros.backends.tensorrt_runner import BuildOptions, TensorRTRunner, ensure_engine, machine_identity
 
-    device = device if device.startswith("cuda") else "cuda"  # device auto without a GPU: the clear no-GPU error
     ident = machine_identity(device)  # fails fast (no tensorrt / no GPU) before any export or build
     engine = model_cfg.engine
     if engine and engine.endswith(ENGINE_SUFFIXES):

@@ -205,6 +205,15 @@ def _build_key(onnx_path, variant: ModelVariant, options: BuildOptions, device: 
     return engine_key(machine_identity(device), onnx_path, variant, options, calib_hash)
 
 
+def _int8_calibrator(options: BuildOptions, calibration, variant: ModelVariant, cache_path: Path, device: str):
+    """The entropy calibrator of an int8 build (its cache at ``cache_path``); None for fp32 / fp16."""
+    if options.precision != "int8":
+        return None
+    from flashocc_ros.backends.calibration import EntropyCalibrator
+
+    return EntropyCalibrator(calibration, variant, cache_path, device)
+
+
 def ensure_engine(
     onnx_path: str | Path,
     variant: ModelVariant,
@@ -219,18 +228,14 @@ def ensure_engine(
     ``calibration`` (int8 only) is a ``calibration.CalibrationSource``; its content hash is part of the key.
     """
     key = _build_key(onnx_path, variant, options, device, calibration)
-    calib_hash = key.calibration_sha256
     cache = EngineCache(cache_dir)
     stem = f"{variant.name}-{Path(onnx_path).stem}"
     hit = cache.lookup(stem, key)
     if hit is not None:
         log(f"using cached TensorRT engine {hit}")
         return hit, key
-    calibrator = None
-    if options.precision == "int8":
-        from flashocc_ros.backends.calibration import EntropyCalibrator
-
-        calibrator = EntropyCalibrator(calibration, variant, cache.root / f"{stem}-{calib_hash[:16]}.calib", device)
+    calib_cache = cache.root / f"{stem}-{key.calibration_sha256[:16]}.calib"
+    calibrator = _int8_calibrator(options, calibration, variant, calib_cache, device)
     data = build_engine_bytes(onnx_path, variant, options, calibrator, log)
     path = cache.store(stem, key, data)
     log(f"stored TensorRT engine {path}")
@@ -248,11 +253,7 @@ def build_engine_file(
 ) -> tuple[Path, EngineKey]:
     """Build into an explicit file (with its metadata sidecar) instead of the cache."""
     key = _build_key(onnx_path, variant, options, device, calibration)
-    calibrator = None
-    if options.precision == "int8":
-        from flashocc_ros.backends.calibration import EntropyCalibrator
-
-        calibrator = EntropyCalibrator(calibration, variant, Path(str(out_path) + ".calib"), device)
+    calibrator = _int8_calibrator(options, calibration, variant, Path(str(out_path) + ".calib"), device)
     data = build_engine_bytes(onnx_path, variant, options, calibrator, log)
     return write_engine(out_path, data, key), key
 

@@ -105,8 +105,7 @@ def cmd_build_only(args) -> int:
         raise ConfigError(
             "build_only: int8 engines need calibration data; use `flashocc-export engine --precision int8`"
         )
-    device = resolve_device(cfg.model)
-    device = device if device.startswith("cuda") else "cuda"  # engines are built on a GPU
+    device = resolve_device(cfg.model)  # cpu (device auto without a GPU) fails in ensure_engine with the no-GPU error
     path, _ = ensure_engine(
         onnx_path, cfg.variant, BuildOptions(precision=cfg.model.precision), cfg.model.engine_cache_dir, device
     )
