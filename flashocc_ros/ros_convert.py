@@ -9,6 +9,7 @@ to uint8[]/uint16[] fields costs ~100x more, see ENVIRONMENT.md).
 from __future__ import annotations
 
 import array
+import functools
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from flashocc_ros.config import CLASS_NAMES, FIRST_INSTANCE_ID, FREE_INDEX, OCC_GRID, GridSpec
 from flashocc_ros.grids import check_labels, check_panoptic
 from flashocc_ros.tf_tree import check_intrinsics
-from flashocc_ros.viz.colors import CLASS_PALETTE, panoptic_colors
+from flashocc_ros.viz.colors import CLASS_PALETTE, instance_colors
 
 
 class BadInput(ValueError):
@@ -116,28 +117,53 @@ POINT_DTYPE = np.dtype(
 )
 
 
+@functools.lru_cache(maxsize=4)
+def _voxel_records(spec: GridSpec) -> np.ndarray:
+    """(X*Y*Z,) POINT_DTYPE records with x, y, z = every voxel centre in [ix,iy,iz] C order, the rest 0 (cached,
+    read-only; 12.8 MB for the 200x200x16 grid). Taking the occupied rows of it is one contiguous gather."""
+    ix, iy, iz = np.unravel_index(np.arange(int(np.prod(spec.shape))), spec.shape)
+    records = np.zeros(ix.size, dtype=POINT_DTYPE)
+    records["x"], records["y"], records["z"] = spec.voxel_center(ix, iy, iz)
+    records.setflags(write=False)
+    return records
+
+
+def _packed_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB -> (...) uint32 0x00RRGGBB (the PCL/RViz rgb layout)."""
+    rgb = rgb.astype(np.uint32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+CLASS_RGB_PACKED: np.ndarray = _packed_rgb(CLASS_PALETTE)
+
+
 def occupied_points(semantic: np.ndarray, panoptic: np.ndarray | None = None, spec: GridSpec = OCC_GRID) -> np.ndarray:
     """Structured array (POINT_DTYPE) with one record per non-free voxel centre, in [ix,iy,iz] C order.
 
     Colour: class colour, or instance colour for voxels with an instance id when `panoptic` is given.
     """
-    check_labels(semantic, "semantic grid", spec.shape)
-    ix, iy, iz = np.nonzero(semantic != FREE_INDEX)
-    pts = np.empty(ix.size, dtype=POINT_DTYPE)
-    cx, cy, cz = spec.voxel_center(ix, iy, iz)
-    pts["x"], pts["y"], pts["z"] = cx, cy, cz
-    labels = semantic[ix, iy, iz]
-    pts["label"] = labels
-    if panoptic is not None:
-        check_panoptic(panoptic, "panoptic grid", spec.shape)
-        ids = np.asarray(panoptic)[ix, iy, iz]
-        pts["instance"] = np.where(ids >= FIRST_INSTANCE_ID, ids, 0)
-        rgb = panoptic_colors(ids)
-    else:
-        pts["instance"] = 0
-        rgb = CLASS_PALETTE[labels.astype(np.intp)]
-    rgb = rgb.astype(np.uint32)
-    pts["rgb"] = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    labels = check_labels(semantic, "semantic grid", spec.shape).reshape(-1)
+    occupied = np.flatnonzero(labels != FREE_INDEX)
+    pts = np.take(_voxel_records(spec), occupied)  # np.take: several times faster than [] on structured rows
+    labels = labels[occupied]
+    # The 20-byte record as five little-endian uint32 words: x, y, z, rgb, label | instance << 16.
+    words = pts.view("<u4").reshape(-1, 5)
+    if panoptic is None:
+        words[:, 3] = np.take(CLASS_RGB_PACKED, labels)  # np.take: far faster than [] with small-int indices
+        words[:, 4] = labels
+        return pts
+    ids = check_panoptic(panoptic, "panoptic grid", spec.shape).reshape(-1)[occupied]
+    top = int(ids.max()) if ids.size else 0
+    if top > np.iinfo(np.uint16).max:
+        raise BadInput(f"panoptic grid: instance id {top} does not fit the uint16 point field")
+    # One colour table over all values present: < 18 a class (an official-mode erased voxel is 0), >= 18 an
+    # instance (at most a few hundred ids to colour), then one gather.
+    colour = np.zeros(max(top + 1, FIRST_INSTANCE_ID), dtype=np.uint32)
+    colour[:FIRST_INSTANCE_ID] = CLASS_RGB_PACKED[:FIRST_INSTANCE_ID]
+    colour[FIRST_INSTANCE_ID:] = _packed_rgb(instance_colors(np.arange(FIRST_INSTANCE_ID, top + 1)))
+    words[:, 3] = np.take(colour, ids)
+    instance = np.where(ids >= FIRST_INSTANCE_ID, ids, 0).astype(np.uint32)
+    words[:, 4] = (instance << 16) | labels
     return pts
 
 
@@ -158,7 +184,9 @@ def pointcloud2_msg(points: np.ndarray, header: Any) -> Any:
     msg.point_step = POINT_DTYPE.itemsize
     msg.row_step = msg.point_step * msg.width
     msg.is_dense = True
-    msg.data = np.ascontiguousarray(points, dtype=POINT_DTYPE).tobytes()
+    data = array.array("B")  # filled straight from the records' buffer: one copy (bytes would make two)
+    data.frombytes(np.ascontiguousarray(points, dtype=POINT_DTYPE).view(np.uint8))
+    msg.data = data
     return msg
 
 

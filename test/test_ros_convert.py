@@ -20,6 +20,7 @@ from flashocc_ros.ros_convert import (
     marker_voxels,
     occupied_points,
 )
+from flashocc_ros.viz.colors import CLASS_PALETTE
 
 K_GOOD = [1266.4, 0.0, 816.3, 0.0, 1266.4, 491.5, 0.0, 0.0, 1.0]
 
@@ -56,6 +57,50 @@ def test_occupied_points_with_instances():
     pts = occupied_points(grid, pano)
     assert pts["instance"].tolist() == [18, 0, 0]
     assert pts["label"].tolist() == [4, 4, 11]
+
+
+def _reference_points(semantic, panoptic=None):
+    """occupied_points written the plain way: field by field from np.nonzero (the previous implementation)."""
+    from flashocc_ros.viz.colors import panoptic_colors
+
+    ix, iy, iz = np.nonzero(semantic != FREE_INDEX)
+    pts = np.zeros(ix.size, dtype=POINT_DTYPE)
+    pts["x"], pts["y"], pts["z"] = OCC_GRID.voxel_center(ix, iy, iz)
+    pts["label"] = semantic[ix, iy, iz]
+    if panoptic is None:
+        rgb = CLASS_PALETTE[semantic[ix, iy, iz]].astype(np.uint32)
+    else:
+        ids = panoptic[ix, iy, iz]
+        pts["instance"] = np.where(ids >= 18, ids, 0)
+        rgb = panoptic_colors(ids).astype(np.uint32)
+    pts["rgb"] = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    return pts
+
+
+@pytest.mark.parametrize("occupied_fraction", [0.0, 0.05, 0.7, 1.0])
+def test_occupied_points_match_the_plain_construction(occupied_fraction):
+    """Byte-identical records to the field-by-field construction, with and without a panoptic grid (instance ids,
+    an official-mode erased voxel = 0, things without an instance), on grids from empty to fully occupied."""
+    rng = np.random.default_rng(7)
+    occupied = rng.random(OCC_GRID.shape) < occupied_fraction
+    grid = np.where(occupied, rng.integers(0, 17, OCC_GRID.shape), FREE_INDEX).astype(np.uint8)
+    pano = grid.astype(np.int32)
+    thing = (grid >= 1) & (grid <= 10) & (rng.random(OCC_GRID.shape) < 0.8)
+    pano[thing] = rng.integers(18, 600, int(thing.sum()))
+    pano[(grid == 1) & ~thing] = 0  # erased barrier voxels
+    assert occupied_points(grid).tobytes() == _reference_points(grid).tobytes()
+    assert occupied_points(grid, pano).tobytes() == _reference_points(grid, pano).tobytes()
+    fortran = np.asfortranarray(grid)  # any memory layout: records stay in [ix, iy, iz] C order
+    assert occupied_points(fortran).tobytes() == _reference_points(grid).tobytes()
+
+
+def test_occupied_points_reject_instance_ids_beyond_uint16():
+    grid = np.full(OCC_GRID.shape, FREE_INDEX, dtype=np.uint8)
+    grid[3, 4, 5] = 4
+    pano = grid.astype(np.int32)
+    pano[3, 4, 5] = 70000
+    with pytest.raises(BadInput, match="instance id 70000 does not fit the uint16 point field"):
+        occupied_points(grid, pano)
 
 
 def test_marker_voxels_cap_keeps_classes_in_proportion():

@@ -48,24 +48,46 @@ def _mix32(values: np.ndarray) -> np.ndarray:
     return x
 
 
-def instance_colors(ids: np.ndarray) -> np.ndarray:
-    """Instance ids (any shape, >= 0) -> RGB uint8, a pure function of each id.
-
-    Hue comes from a hash of the id; saturation and value from two further hash bits, kept in a range that stays
-    readable on white and distinct from black.
-    """
-    ids = np.asarray(ids)
-    if ids.size and int(ids.min()) < 0:
-        raise ValueError(f"instance id {int(ids.min())} is negative")
-    flat = ids.reshape(-1)
-    uniq, inverse = np.unique(flat, return_inverse=True)
-    h = _mix32(uniq)
+def _hashed_rgb(ids: np.ndarray) -> np.ndarray:
+    """(N,) non-negative ids -> (N, 3) uint8: hue from a hash of the id; saturation and value from two further hash
+    bits, kept in a range that stays readable on white and distinct from black."""
+    h = _mix32(ids)
     hue = (h & np.uint64(0xFFFF)).astype(np.float64) / 65536.0
     sat = 0.55 + 0.4 * ((h >> np.uint64(16)) & np.uint64(0xFF)).astype(np.float64) / 255.0
     val = 0.7 + 0.3 * ((h >> np.uint64(24)) & np.uint64(0xFF)).astype(np.float64) / 255.0
     rgb = np.array([colorsys.hsv_to_rgb(a, b, c) for a, b, c in zip(hue, sat, val)], dtype=np.float64)
-    rgb = np.round(rgb.reshape(-1, 3) * 255.0).astype(np.uint8)
-    return rgb[inverse].reshape(ids.shape + (3,))
+    return np.round(rgb.reshape(-1, 3) * 255.0).astype(np.uint8)
+
+
+# Ids below this bound (the uint16 ids of the messages) are coloured through a cached table, grown in powers of two
+# as larger ids appear: one gather per call instead of sorting the ids (this runs for every published point cloud).
+INSTANCE_TABLE_LIMIT = 1 << 16
+_instance_table: np.ndarray = np.zeros((0, 3), dtype=np.uint8)
+
+
+def _instance_table_upto(max_id: int) -> np.ndarray:
+    global _instance_table
+    table = _instance_table  # one read: a concurrent grow replaces the whole array, never mutates it
+    if max_id >= table.shape[0]:
+        size = max(1024, 1 << int(max_id).bit_length())
+        table = _hashed_rgb(np.arange(size, dtype=np.uint64))
+        table.setflags(write=False)
+        _instance_table = table
+    return table
+
+
+def instance_colors(ids: np.ndarray) -> np.ndarray:
+    """Instance ids (any shape, >= 0) -> RGB uint8 of shape ids.shape + (3,), a pure function of each id."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return np.zeros(ids.shape + (3,), dtype=np.uint8)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0:
+        raise ValueError(f"instance id {lo} is negative")
+    if hi < INSTANCE_TABLE_LIMIT:
+        return _instance_table_upto(hi)[ids.astype(np.intp, copy=False)]
+    uniq, inverse = np.unique(ids.reshape(-1), return_inverse=True)
+    return _hashed_rgb(uniq)[inverse].reshape(ids.shape + (3,))
 
 
 def panoptic_colors(panoptic: np.ndarray) -> np.ndarray:

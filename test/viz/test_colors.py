@@ -53,3 +53,17 @@ def test_panoptic_colours_split_things_and_classes():
 
 def test_legend_classes_skip_free():
     assert legend_classes(np.array([17, 4, 4, 11]), np.array([0, 17])) == [0, 4, 11]
+
+
+def test_instance_colour_table_agrees_with_the_hash_beyond_its_limit():
+    """Ids below INSTANCE_TABLE_LIMIT come from the cached table, larger ones from the hash of the unique ids: the
+    same function either way (checked on ids that straddle the limit and on a 2-D array)."""
+    from flashocc_ros.viz.colors import INSTANCE_TABLE_LIMIT, _hashed_rgb
+
+    ids = np.array([[0, 18, 1023, 1024], [4097, INSTANCE_TABLE_LIMIT - 1, INSTANCE_TABLE_LIMIT, 2**31 - 1]])
+    rgb = instance_colors(ids)
+    assert rgb.shape == (2, 4, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb.reshape(-1, 3), _hashed_rgb(ids.reshape(-1).astype(np.uint64)))
+    assert instance_colors(np.zeros((0,), np.int32)).shape == (0, 3)
+    with pytest.raises(ValueError, match="instance id -3 is negative"):
+        instance_colors(np.array([5, -3]))
