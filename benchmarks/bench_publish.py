@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_panoptic import street_case  # noqa: E402
+from bench_panoptic import median_seconds, street_case  # noqa: E402
 
 from flashocc_ros.config import FIRST_INSTANCE_ID, FREE_INDEX, OCC_GRID  # noqa: E402
 from flashocc_ros.panoptic import assign_instances  # noqa: E402
@@ -60,13 +58,7 @@ def plain_occupied_points(semantic: np.ndarray, panoptic: np.ndarray | None = No
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (and the cached voxel-centre / colour tables)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return median_seconds(fn, repeats) * 1e3  # one warm-up run first (it also fills the cached tables)
 
 
 def grids() -> dict[str, tuple[np.ndarray, np.ndarray, object]]:
