@@ -36,6 +36,7 @@ ROS = [
     "ros-kilted-geometry-msgs",
     "ros-kilted-sensor-msgs",
     "ros-kilted-visualization-msgs",
+    "ros-kilted-diagnostic-msgs",
 ]
 
 setup(

@@ -50,6 +50,7 @@ from flashocc_ros.config import (
     to_dict,
     unflatten,
 )
+from flashocc_ros.health import HealthSnapshot, summarize_health
 from flashocc_ros.msg import InferenceTiming, PanopticOccupancy, SemanticOccupancy
 from flashocc_ros.ros_convert import (
     BadInput,
@@ -220,6 +221,8 @@ class NodeCounters:
     ego_pose_reuses: int = 0  # poses changed by less than tf.pose_tolerance_m: indices kept
     sets_uncompensated: int = 0  # processed with one shared ego pose (no world <- ego pose for them)
     errors: int = 0
+    images_received: int = 0
+    last_problem: str = ""  # the latest skipped / failed set, as logged (for /diagnostics)
     latencies_ms: list[float] = field(default_factory=list)
 
 
@@ -277,6 +280,11 @@ class FlashOccNode(Node):
         self.pipeline = pipeline_factory(self.cfg)
         self.backend_name = str(getattr(self.pipeline, "backend_name", self.cfg.model.backend))
         device = getattr(getattr(self.pipeline, "runner", None), "device", self.cfg.model.device)
+        self._health_info = (
+            ("variant", self.cfg.model.variant),
+            ("backend", self.backend_name),
+            ("device", str(device)),
+        )
         self.get_logger().info(
             f"{self.cfg.model.variant} ready on {device} (backend {self.backend_name}) in {time.monotonic() - t0:.1f} s"
         )
@@ -289,7 +297,9 @@ class FlashOccNode(Node):
         self._setup_tf()
         self._setup_io()
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._watchdog = self.create_timer(1.0, self._check_silent_cameras)
+        self._health_previous = HealthSnapshot(time_s=time.monotonic())  # all zero: the node just started
+        self._tick_latencies_ms: list[float] = []  # frames published since the last watchdog tick
+        self._watchdog = self.create_timer(1.0, self._on_watchdog)
         self._worker = threading.Thread(target=self._work_loop, name="flashocc_worker", daemon=True)
         self._worker.start()
 
@@ -388,6 +398,13 @@ class FlashOccNode(Node):
         self.pub_points = self.create_publisher(PointCloud2, "/occupancy/points", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "/occupancy/markers", out_qos)
         self.pub_timing = self.create_publisher(InferenceTiming, "/occupancy/timing", out_qos)
+        try:  # diagnostic_msgs ships with every ROS 2 install; pip-only setups may lack it
+            from diagnostic_msgs.msg import DiagnosticArray
+        except ImportError:
+            self.pub_diagnostics = None
+            self.get_logger().info("diagnostic_msgs is not installed: /diagnostics is not published")
+        else:
+            self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.get_logger().info(
             f"listening to {self.cfg.cameras.transport} images on {', '.join(c.image_topic for c in self.cameras)}"
         )
@@ -470,6 +487,7 @@ class FlashOccNode(Node):
     def _on_image(self, index: int, msg) -> None:
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
+            self.counters.images_received += 1
             result = self._sync.add(index, stamp, msg, time.monotonic())
         if result.reset:
             self._slot.clear()
@@ -481,14 +499,21 @@ class FlashOccNode(Node):
         for s in result.sets:
             self._slot.put(s)
 
-    def _check_silent_cameras(self) -> None:
+    def _on_watchdog(self) -> None:
+        silent = self._check_silent_cameras()
+        if self.pub_diagnostics is not None:
+            self._publish_diagnostics(silent)
+
+    def _check_silent_cameras(self) -> list[str]:
+        """Warn about cameras silent while others publish; returns their names."""
         timeout = float(self._node_params["diagnostics.camera_timeout_s"])
         now = time.monotonic()
         with self._lock:
             last = [self._sync.last_received(i) for i in range(len(self.cameras))]
             lag = [self._sync.stamp_lag_ns(i) for i in range(len(self.cameras))]
             incomplete = self._sync.counters.sets_incomplete
-        for i in silent_streams(now, last, lag, timeout):
+        silent = silent_streams(now, last, lag, timeout)
+        for i in silent:
             cam = self.cameras[i]
             since = "nothing received yet" if last[i] is None else f"silent for {now - last[i]:.1f} s"
             self._log.warn(
@@ -496,6 +521,42 @@ class FlashOccNode(Node):
                 f"camera {cam.name} ({cam.image_topic}): {since} ({lag[i] * 1e-9:.1f} s behind in message time) "
                 f"while other cameras publish; {incomplete} incomplete sets so far",
             )
+        return [self.cameras[i].name for i in silent]
+
+    def _publish_diagnostics(self, silent: list[str]) -> None:
+        """One diagnostic_msgs/DiagnosticStatus for the node (rules: flashocc_ros/health.py)."""
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+        c = self.counters
+        with self._lock:
+            latencies, self._tick_latencies_ms = self._tick_latencies_ms, []
+            snapshot = HealthSnapshot(
+                time_s=time.monotonic(),
+                images_received=c.images_received,
+                frames_processed=c.frames_processed,
+                images_rejected=c.images_rejected,
+                sets_skipped_calibration=c.sets_skipped_calibration,
+                sets_replaced=self._slot.replaced,
+                sets_incomplete=self._sync.counters.sets_incomplete,
+                errors=c.errors,
+                last_problem=c.last_problem,
+                recent_latencies_ms=tuple(latencies),
+                silent_cameras=tuple(silent),
+                camera_info_errors=tuple(cam.info_error for cam in self.cameras if cam.info_error),
+                info=self._health_info,
+            )
+        report = summarize_health(snapshot, self._health_previous)
+        self._health_previous = snapshot
+        status = DiagnosticStatus(
+            level=bytes([report.level]),
+            name=f"{self.get_name()}: occupancy",
+            message=report.message,
+            hardware_id=dict(self._health_info)["device"],
+            values=[KeyValue(key=k, value=v) for k, v in report.values],
+        )
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diagnostics.publish(msg)
 
     # ---------------------------------------------------------------------------------------------------------
     # Worker
@@ -508,12 +569,15 @@ class FlashOccNode(Node):
             try:
                 self._process_when_calibrated(s)
             except BadInput as exc:
+                self.counters.last_problem = str(exc)
                 self.counters.images_rejected += 1
                 self._log.warn(f"bad:{_problem_key(str(exc))}", f"{exc}; set at {s.stamp_ns * 1e-9:.3f} s skipped")
             except CalibrationPending as exc:
+                self.counters.last_problem = str(exc)
                 self.counters.sets_skipped_calibration += 1
                 self._log.warn(f"calib:{_problem_key(str(exc))}", f"{exc}; set at {s.stamp_ns * 1e-9:.3f} s skipped")
             except Exception as exc:  # keep serving: one clear error line per kind, with the traceback at debug
+                self.counters.last_problem = f"{type(exc).__name__}: {exc}"
                 self.counters.errors += 1
                 self._log.error(f"error:{type(exc).__name__}", f"processing failed: {type(exc).__name__}: {exc}")
                 self.get_logger().debug(traceback.format_exc())
@@ -740,6 +804,8 @@ class FlashOccNode(Node):
         latency_ms = (time.monotonic() - s.completed_at) * 1e3
         self.counters.latencies_ms.append(latency_ms)
         del self.counters.latencies_ms[:-1000]
+        with self._lock:
+            self._tick_latencies_ms.append(latency_ms)
         if cfg.publish_timing:
             timings = dict(getattr(result, "timings_ms", {}) or {})
             with self._lock:

@@ -182,6 +182,7 @@ class Driver:
 
     def __init__(self, context, transport: str):
         import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -213,6 +214,23 @@ class Driver:
             ("timing", InferenceTiming, "/occupancy/timing"),
         ):
             self.node.create_subscription(typ, topic, self._store(key), reliable)
+        self.diagnostics: list = []  # (level, message, {key: value}) of flashocc_node's status, in arrival order
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._store_diagnostics, reliable)
+
+    def _store_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name == "flashocc_node: occupancy":
+                values = {kv.key: kv.value for kv in status.values}
+                self.diagnostics.append((status.level[0], status.message, values))
+
+    def wait_diagnostic(self, predicate, what: str, start: int = 0, timeout: float = 20.0):
+        """The first /diagnostics status (level, message, values) after index `start` that satisfies `predicate`."""
+
+        def found():
+            return next((d for d in self.diagnostics[start:] if predicate(*d)), None)
+
+        wait_for(lambda: found() is not None, timeout, self.spin, f"/diagnostics status: {what}")
+        return found()
 
     def _store(self, key):
         def callback(msg):
@@ -472,6 +490,13 @@ def test_compressed_outputs_match_offline_pipeline(compressed_node, offline_pipe
     assert timing.sync_spread_ms == pytest.approx(max(OFFSETS_MS) - min(OFFSETS_MS), abs=0.01)
     assert node.find(r"voxel-pooling indices recomputed") is not None
 
+    # /diagnostics: OK once a frame went out, with the node's identity and counters (level 0 = OK).
+    level, message, values = driver.wait_diagnostic(
+        lambda level, message, values: level == 0 and int(values["frames_processed"]) >= 1, "OK after a frame"
+    )
+    assert values["variant"] == VARIANT and values["backend"] and values["device"] == "cpu"
+    assert values["errors"] == "0" and values["silent_cameras"] == ""
+
 
 def expect_warning(node: NodeProcess, driver: Driver, pattern: str, start: int, timeout: float = 20.0) -> None:
     wait_for(lambda: node.find(pattern, start) is not None, timeout, driver.spin, f"warning /{pattern}/")
@@ -536,6 +561,11 @@ def test_compressed_bad_inputs_are_reported_and_the_next_good_frame_is_served(co
         driver.publish_set(stamp_of(frame), jpegs, skip=(3,))
         driver.spin_for(0.5)
     assert not any(stamp_of(f) in driver.outputs["semantic"] for f in skipped)
+    # ... and /diagnostics says so (level 1 = WARN).
+    level, message, values = driver.wait_diagnostic(
+        lambda level, message, values: level == 1 and "CAM_BACK_LEFT" in values["silent_cameras"], "silent camera"
+    )
+    assert "CAM_BACK_LEFT" in message and int(values["images_rejected"]) >= 3
 
     # The next good frame is served.
     frame += 1
