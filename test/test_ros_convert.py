@@ -8,6 +8,7 @@ from types import SimpleNamespace as NS
 import numpy as np
 import pytest
 
+from benchmarks.bench_publish import plain_occupied_points  # the benchmark's baseline: the plain construction
 from flashocc_ros.config import CLASS_NAMES, FREE_INDEX, OCC_GRID
 from flashocc_ros.ros_convert import (
     POINT_DTYPE,
@@ -20,7 +21,6 @@ from flashocc_ros.ros_convert import (
     marker_voxels,
     occupied_points,
 )
-from flashocc_ros.viz.colors import CLASS_PALETTE
 
 K_GOOD = [1266.4, 0.0, 816.3, 0.0, 1266.4, 491.5, 0.0, 0.0, 1.0]
 
@@ -59,24 +59,6 @@ def test_occupied_points_with_instances():
     assert pts["label"].tolist() == [4, 4, 11]
 
 
-def _reference_points(semantic, panoptic=None):
-    """occupied_points written the plain way: field by field from np.nonzero (the previous implementation)."""
-    from flashocc_ros.viz.colors import panoptic_colors
-
-    ix, iy, iz = np.nonzero(semantic != FREE_INDEX)
-    pts = np.zeros(ix.size, dtype=POINT_DTYPE)
-    pts["x"], pts["y"], pts["z"] = OCC_GRID.voxel_center(ix, iy, iz)
-    pts["label"] = semantic[ix, iy, iz]
-    if panoptic is None:
-        rgb = CLASS_PALETTE[semantic[ix, iy, iz]].astype(np.uint32)
-    else:
-        ids = panoptic[ix, iy, iz]
-        pts["instance"] = np.where(ids >= 18, ids, 0)
-        rgb = panoptic_colors(ids).astype(np.uint32)
-    pts["rgb"] = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
-    return pts
-
-
 @pytest.mark.parametrize("occupied_fraction", [0.0, 0.05, 0.7, 1.0])
 def test_occupied_points_match_the_plain_construction(occupied_fraction):
     """Byte-identical records to the field-by-field construction, with and without a panoptic grid (instance ids,
@@ -88,10 +70,10 @@ def test_occupied_points_match_the_plain_construction(occupied_fraction):
     thing = (grid >= 1) & (grid <= 10) & (rng.random(OCC_GRID.shape) < 0.8)
     pano[thing] = rng.integers(18, 600, int(thing.sum()))
     pano[(grid == 1) & ~thing] = 0  # erased barrier voxels
-    assert occupied_points(grid).tobytes() == _reference_points(grid).tobytes()
-    assert occupied_points(grid, pano).tobytes() == _reference_points(grid, pano).tobytes()
+    assert occupied_points(grid).tobytes() == plain_occupied_points(grid).tobytes()
+    assert occupied_points(grid, pano).tobytes() == plain_occupied_points(grid, pano).tobytes()
     fortran = np.asfortranarray(grid)  # any memory layout: records stay in [ix, iy, iz] C order
-    assert occupied_points(fortran).tobytes() == _reference_points(grid).tobytes()
+    assert occupied_points(fortran).tobytes() == plain_occupied_points(grid).tobytes()
 
 
 def test_occupied_points_reject_instance_ids_beyond_uint16():

@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 
+from benchmarks.bench_render import street_scene  # the benchmark's scene
 from flashocc_ros.config import CLASS_COLORS, FREE_INDEX, OCC_GRID
 from flashocc_ros.viz.colors import BACKGROUND_RGB, EGO_RGB
 from flashocc_ros.viz.raster import (
@@ -153,21 +154,6 @@ def test_fit_camera_sees_the_whole_grid():
     uv, depth = camera.project(corners)
     assert (depth > 0).all()
     assert (uv[:, 0] >= 0).all() and (uv[:, 0] <= 640).all() and (uv[:, 1] >= 0).all() and (uv[:, 1] <= 480).all()
-
-
-def street_scene():
-    rng = np.random.default_rng(0)
-    grid = empty_grid()
-    grid[:, :, 2] = 14
-    grid[:, 85:115, 2] = 11
-    grid[:, 60:75, 3:12] = 15
-    grid[:, 130:140, 3:10] = 16
-    for _ in range(20):
-        x, y = rng.integers(0, 190), rng.integers(87, 108)
-        grid[x : x + 10, y : y + 5, 3:7] = 4
-    noise = rng.random(OCC_GRID.shape) < 0.02
-    grid[noise] = rng.integers(0, 17, noise.sum())
-    return grid
 
 
 def test_full_grid_renders_in_a_couple_of_seconds():
