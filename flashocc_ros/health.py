@@ -55,12 +55,11 @@ class HealthReport:
 
 def summarize_health(current: HealthSnapshot, previous: HealthSnapshot) -> HealthReport:
     """Level, message and values for the interval since `previous` (the node starts from an all-zero snapshot)."""
-    base = previous
-    period = max(current.time_s - base.time_s, 1e-9)
-    frames = current.frames_processed - base.frames_processed
-    errors = current.errors - base.errors
-    skipped = (current.images_rejected - base.images_rejected) + (
-        current.sets_skipped_calibration - base.sets_skipped_calibration
+    period = max(current.time_s - previous.time_s, 1e-9)
+    frames = current.frames_processed - previous.frames_processed
+    errors = current.errors - previous.errors
+    skipped = (current.images_rejected - previous.images_rejected) + (
+        current.sets_skipped_calibration - previous.sets_skipped_calibration
     )
     latencies = np.asarray(current.recent_latencies_ms, dtype=float)
     rate = frames / period
@@ -77,7 +76,7 @@ def summarize_health(current: HealthSnapshot, previous: HealthSnapshot) -> Healt
         level, message = WARN, f"{skipped} set(s) skipped in the last {period:.1f} s: {current.last_problem}"
     elif frames > 0:
         level, message = OK, f"{frames} frame(s) in {period:.1f} s ({rate:.2f} Hz), median latency {p50:.0f} ms"
-    elif current.images_received > base.images_received:
+    elif current.images_received > previous.images_received:
         level, message = OK, "receiving images, waiting for the next complete six-camera set"
     else:
         level, message = STALE, f"no camera image and no output in the last {period:.1f} s"

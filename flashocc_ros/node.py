@@ -223,7 +223,7 @@ class NodeCounters:
     errors: int = 0
     images_received: int = 0
     last_problem: str = ""  # the latest skipped / failed set, as logged (for /diagnostics)
-    latencies_ms: list[float] = field(default_factory=list)
+    recent_latencies_ms: list[float] = field(default_factory=list)  # frames published since the last watchdog tick
 
 
 def _descriptor(name: str, value: Any, description: str, value_range: tuple | None, read_only: bool):
@@ -280,10 +280,11 @@ class FlashOccNode(Node):
         self.pipeline = pipeline_factory(self.cfg)
         self.backend_name = str(getattr(self.pipeline, "backend_name", self.cfg.model.backend))
         device = getattr(getattr(self.pipeline, "runner", None), "device", self.cfg.model.device)
+        self._device = str(device)
         self._health_info = (
             ("variant", self.cfg.model.variant),
             ("backend", self.backend_name),
-            ("device", str(device)),
+            ("device", self._device),
         )
         self.get_logger().info(
             f"{self.cfg.model.variant} ready on {device} (backend {self.backend_name}) in {time.monotonic() - t0:.1f} s"
@@ -298,7 +299,6 @@ class FlashOccNode(Node):
         self._setup_io()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._health_previous = HealthSnapshot(time_s=time.monotonic())  # all zero: the node just started
-        self._tick_latencies_ms: list[float] = []  # frames published since the last watchdog tick
         self._watchdog = self.create_timer(1.0, self._on_watchdog)
         self._worker = threading.Thread(target=self._work_loop, name="flashocc_worker", daemon=True)
         self._worker.start()
@@ -500,9 +500,13 @@ class FlashOccNode(Node):
             self._slot.put(s)
 
     def _on_watchdog(self) -> None:
-        silent = self._check_silent_cameras()
+        """Once a second: warn about silent cameras, summarise the node's health since the previous tick (which also
+        empties the latencies collected since then) and publish it on /diagnostics."""
+        snapshot = self._health_snapshot(self._check_silent_cameras())
+        report = summarize_health(snapshot, self._health_previous)
+        self._health_previous = snapshot
         if self.pub_diagnostics is not None:
-            self._publish_diagnostics(silent)
+            self._publish_diagnostics(report)
 
     def _check_silent_cameras(self) -> list[str]:
         """Warn about cameras silent while others publish; returns their names."""
@@ -523,14 +527,11 @@ class FlashOccNode(Node):
             )
         return [self.cameras[i].name for i in silent]
 
-    def _publish_diagnostics(self, silent: list[str]) -> None:
-        """One diagnostic_msgs/DiagnosticStatus for the node (rules: flashocc_ros/health.py)."""
-        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-
+    def _health_snapshot(self, silent: list[str]) -> HealthSnapshot:
         c = self.counters
         with self._lock:
-            latencies, self._tick_latencies_ms = self._tick_latencies_ms, []
-            snapshot = HealthSnapshot(
+            latencies, c.recent_latencies_ms = c.recent_latencies_ms, []
+            return HealthSnapshot(
                 time_s=time.monotonic(),
                 images_received=c.images_received,
                 frames_processed=c.frames_processed,
@@ -545,13 +546,16 @@ class FlashOccNode(Node):
                 camera_info_errors=tuple(cam.info_error for cam in self.cameras if cam.info_error),
                 info=self._health_info,
             )
-        report = summarize_health(snapshot, self._health_previous)
-        self._health_previous = snapshot
+
+    def _publish_diagnostics(self, report) -> None:
+        """The health report as one diagnostic_msgs/DiagnosticStatus (rules: flashocc_ros/health.py)."""
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
         status = DiagnosticStatus(
             level=bytes([report.level]),
             name=f"{self.get_name()}: occupancy",
             message=report.message,
-            hardware_id=dict(self._health_info)["device"],
+            hardware_id=self._device,
             values=[KeyValue(key=k, value=v) for k, v in report.values],
         )
         msg = DiagnosticArray(status=[status])
@@ -802,10 +806,8 @@ class FlashOccNode(Node):
         t_end = time.perf_counter()
         self.counters.frames_processed += 1
         latency_ms = (time.monotonic() - s.completed_at) * 1e3
-        self.counters.latencies_ms.append(latency_ms)
-        del self.counters.latencies_ms[:-1000]
         with self._lock:
-            self._tick_latencies_ms.append(latency_ms)
+            self.counters.recent_latencies_ms.append(latency_ms)
         if cfg.publish_timing:
             timings = dict(getattr(result, "timings_ms", {}) or {})
             with self._lock:
