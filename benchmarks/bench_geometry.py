@@ -37,11 +37,11 @@ from flashocc_ros.config import get_variant  # noqa: E402
 from flashocc_ros.geometry import (  # noqa: E402
     RigCalibration,
     compute_pool_indices,
-    compute_pool_indices_reference,
     prepare_geometry,
     reference_rig,
 )
 from flashocc_ros.preprocess import augmentation_for  # noqa: E402
+from test.reference.official_geometry import compute_pool_indices_reference  # noqa: E402
 
 
 def moving_rig(k: int) -> RigCalibration:

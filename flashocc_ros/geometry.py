@@ -74,16 +74,26 @@ def _as_array(name: str, value, shape: tuple[int, ...]) -> np.ndarray:
     return a
 
 
+def _as_float32_then_64(name: str, value) -> torch.Tensor:
+    """(6, 4, 4) float64 tensor of ``value`` rounded to float32 first (the official input tensors' precision)."""
+    a = _as_array(name, value, (NUM_CAMERAS, 4, 4)).astype(np.float32)
+    return torch.from_numpy(a).to(torch.float64)
+
+
 def sensor_to_key_ego(sensor2ego, ego2global=None) -> np.ndarray:
     """camera -> key-ego (CAM_FRONT_LEFT's ego) transforms, (6,4,4) float32.
 
     ``inv(ego2global[0]) @ ego2global[n] @ sensor2ego[n]`` in float64, cast to float32 (official prepare_inputs).
+    The official data pipeline hands the network float32 tensors (``torch.Tensor`` of the float64 nuScenes
+    calibration and poses), so the inputs are rounded to float32 before the float64 product: with float64 inputs
+    as given by TF, ~0.1 % of the labels of the official answer change (global translations of hundreds of metres
+    lose their low bits in float32, and the official answer is computed from those rounded values).
     Accepts (6,4,4) or (1,6,4,4) arrays/tensors; ego2global None means one ego pose for all cameras.
     """
-    s2e = torch.as_tensor(_as_array("sensor2ego", sensor2ego, (NUM_CAMERAS, 4, 4)), dtype=torch.float64)
+    s2e = _as_float32_then_64("sensor2ego", sensor2ego)
     if ego2global is None:
         return s2e.float().numpy()
-    e2g = torch.as_tensor(_as_array("ego2global", ego2global, (NUM_CAMERAS, 4, 4)), dtype=torch.float64)
+    e2g = _as_float32_then_64("ego2global", ego2global)
     global2keyego = torch.inverse(e2g[0:1])
     return (global2keyego @ e2g @ s2e).float().numpy()
 
@@ -110,27 +120,6 @@ def _f32(name: str, value, shape: tuple[int, ...]) -> torch.Tensor:
     if tuple(t.shape) != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
     return t
-
-
-def frustum_to_ego_reference(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda=None) -> torch.Tensor:
-    """Key-ego xyz of every frustum point, (6, D, 16, 44, 3) float32, written as the official code does it
-    (broadcast batched 3x3 ``matmul`` per point). Slow (~100 ms for M0 on 2 cores: one tiny matmul per point);
-    kept as the executable statement of the official arithmetic that ``frustum_to_ego`` is tested against."""
-    n = NUM_CAMERAS
-    s2ke = _f32("sensor2keyego", sensor2keyego, (n, 4, 4))
-    cam2img = _f32("intrinsics", intrinsics, (n, 3, 3))
-    post_rot = _f32("post_rot", post_rot, (n, 3, 3))
-    post_tran = _f32("post_tran", post_tran, (n, 3))
-    bda = torch.eye(3) if bda is None else _f32("bda", bda, (3, 3))
-    frustum = make_frustum(variant)
-    points = frustum - post_tran.view(n, 1, 1, 1, 3)
-    points = torch.inverse(post_rot).view(n, 1, 1, 1, 3, 3).matmul(points.unsqueeze(-1))
-    points = torch.cat((points[..., :2, :] * points[..., 2:3, :], points[..., 2:3, :]), 4)
-    combine = s2ke[:, :3, :3].matmul(torch.inverse(cam2img))
-    points = combine.view(n, 1, 1, 1, 3, 3).matmul(points).squeeze(-1)
-    points = points + s2ke[:, :3, 3].view(n, 1, 1, 1, 3)
-    points = bda.view(1, 1, 1, 1, 3, 3).matmul(points.unsqueeze(-1)).squeeze(-1)
-    return points
 
 
 @dataclass
@@ -172,44 +161,13 @@ class PoolIndices:
         return self.ranks_depth, self.ranks_feat, self.ranks_bev, self.interval_starts, self.interval_lengths
 
 
-def compute_pool_indices_reference(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda=None) -> PoolIndices:
-    """``compute_pool_indices`` written as the official voxel_pooling_prepare_v2 (torch, batched matmuls, stable
-    argsort). Slow; kept as the reference the fast implementation is tested and benchmarked against."""
-    coor = frustum_to_ego_reference(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda)
-    n, d, h, w, _ = coor.shape
-    num_points = n * d * h * w
-    ranks_depth = torch.arange(num_points, dtype=torch.int64)
-    ranks_feat = torch.arange(n * h * w, dtype=torch.int64).view(n, 1, h, w).expand(n, d, h, w).reshape(-1)
-    lower = torch.tensor(BEV_LOWER, dtype=torch.float32)
-    interval = torch.tensor(BEV_INTERVAL, dtype=torch.float32)
-    idx = ((coor - lower) / interval).long().view(num_points, 3)
-    dx, dy, dz = BEV_SIZE
-    kept = (
-        (idx[:, 0] >= 0) & (idx[:, 0] < dx) & (idx[:, 1] >= 0) & (idx[:, 1] < dy) & (idx[:, 2] >= 0) & (idx[:, 2] < dz)
-    )
-    idx, ranks_depth, ranks_feat = idx[kept], ranks_depth[kept], ranks_feat[kept]
-    ranks_bev = idx[:, 2] * (dy * dx) + idx[:, 1] * dx + idx[:, 0]
-    order = torch.argsort(ranks_bev, stable=True)
-    ranks_bev, ranks_depth, ranks_feat = ranks_bev[order], ranks_depth[order], ranks_feat[order]
-    if ranks_bev.numel() == 0:
-        raise ValueError("calibration puts no frustum point inside the BEV grid; check intrinsics/extrinsics")
-    starts_mask = torch.ones_like(ranks_bev, dtype=torch.bool)
-    starts_mask[1:] = ranks_bev[1:] != ranks_bev[:-1]
-    interval_starts = torch.nonzero(starts_mask).flatten()
-    interval_lengths = torch.empty_like(interval_starts)
-    interval_lengths[:-1] = interval_starts[1:] - interval_starts[:-1]
-    interval_lengths[-1] = ranks_bev.numel() - interval_starts[-1]
-    return PoolIndices(
-        ranks_bev.int(), ranks_depth.int(), ranks_feat.int(), interval_starts.int(), interval_lengths.int()
-    )
-
-
 # -- fast path (per-frame capable) ------------------------------------------------------------------------------
 # The official code multiplies every frustum point by 3x3 matrices with a broadcast batched matmul. For 3x3 @ 3x1
 # products torch's CPU bmm runs its naive kernel, which accumulates in float32 in the order
 # ``(a0*b0 + a1*b1) + a2*b2`` (no FMA). The functions below evaluate exactly those float32 operations as
 # elementwise numpy ops on whole columns (a few passes over 6 x N floats instead of N tiny matmuls), so every point,
-# and hence every truncated voxel index, is bit-identical (tested against ``compute_pool_indices_reference``).
+# and hence every truncated voxel index, is bit-identical (tested against the official-order restatement in
+# ``test/reference/official_geometry.py``).
 # The camera-frame rays depend only on the image augmentation and are cached.
 
 _RAY_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -298,7 +256,7 @@ def _ego_points_per_camera(variant, sensor2keyego, intrinsics, post_rot, post_tr
 
 def frustum_to_ego(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda=None) -> torch.Tensor:
     """Key-ego xyz of every frustum point, (6, D, 16, 44, 3) float32; bit-identical to the official operation order
-    (``frustum_to_ego_reference``), computed as a few vectorised float32 passes per camera."""
+    (the official-order restatement in the tests), computed as a few vectorised float32 passes per camera."""
     cams = [
         np.stack(xyz, -1)
         for _, *xyz in _ego_points_per_camera(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda)
@@ -312,7 +270,7 @@ def compute_pool_indices(variant, sensor2keyego, intrinsics, post_rot, post_tran
     Indices use truncation toward zero, like the official voxel_pooling_prepare_v2 (``.long()``), on bit-identical
     float32 coordinates; points are ordered by cell and, inside a cell, by ``ranks_depth`` (a stable sort, so the
     result is deterministic; the official argsort is not, only the in-cell summation order differs). Equal to
-    ``compute_pool_indices_reference`` element for element and fast enough to run every frame (ego motion; see
+    the official operation order element for element and fast enough to run every frame (ego motion; see
     benchmarks/bench_geometry.py).
     """
     lower = np.asarray(BEV_LOWER, dtype=np.float32)
@@ -563,12 +521,14 @@ def pose_matrix(quaternion, translation) -> np.ndarray:
     return m
 
 
-def reference_rig() -> RigCalibration:
-    """The nuScenes rig of the golden data, with values rounded to float32 like the golden inputs."""
+def reference_rig(float32: bool = True) -> RigCalibration:
+    """The nuScenes rig of the golden data, with values rounded to float32 like the golden inputs
+    (``float32=False``: the float64 values, as TF or the nuScenes tables give them)."""
+    dtype = np.float32 if float32 else np.float64
     s2e, e2g, ks = [], [], []
     for cam in CAMERA_NAMES:
         s2e_t, s2e_q, e2g_t, e2g_q, (fx, fy, cx, cy) = _REFERENCE_RIG[cam]
-        s2e.append(pose_matrix(s2e_q, s2e_t).astype(np.float32))
-        e2g.append(pose_matrix(e2g_q, e2g_t).astype(np.float32))
-        ks.append(np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float32))
+        s2e.append(pose_matrix(s2e_q, s2e_t).astype(dtype))
+        e2g.append(pose_matrix(e2g_q, e2g_t).astype(dtype))
+        ks.append(np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=dtype))
     return RigCalibration(intrinsics=np.stack(ks), sensor2ego=np.stack(s2e), ego2global=np.stack(e2g))

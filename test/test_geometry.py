@@ -17,9 +17,7 @@ from flashocc_ros.geometry import (
     bev_pool,
     bev_pool_csr,
     compute_pool_indices,
-    compute_pool_indices_reference,
     frustum_to_ego,
-    frustum_to_ego_reference,
     make_frustum,
     make_mlp_input,
     prepare_geometry,
@@ -28,6 +26,7 @@ from flashocc_ros.geometry import (
 )
 from flashocc_ros.preprocess import augmentation_for
 from test.model_helpers import GOLDEN, golden, seed0_inputs
+from test.reference.official_geometry import compute_pool_indices_reference, frustum_to_ego_reference
 
 DIGESTS = json.loads((GOLDEN / "pool_indices_digest.json").read_text())
 
@@ -52,6 +51,17 @@ def test_reference_rig_is_the_golden_rig():
     np.testing.assert_array_equal(rig.sensor2ego.astype(np.float32), inp["sensor2egos"][0])
     np.testing.assert_array_equal(rig.intrinsics.astype(np.float32), inp["intrins"][0])
     np.testing.assert_array_equal(rig.sensor2keyego(), golden("flashocc-r50-M0")["sensor2keyegos"][0])
+
+
+def test_float64_calibration_gives_the_official_key_ego_transforms():
+    """TF and the nuScenes tables give float64 poses; the official network sees them as float32 tensors. The key-ego
+    transforms (and so every pooling index) must be those of the float32-rounded inputs, bit for bit."""
+    exact = reference_rig(float32=False)
+    assert exact.ego2global.dtype == np.float64
+    assert not np.array_equal(exact.ego2global, exact.ego2global.astype(np.float32).astype(np.float64))
+    golden_s2ke = golden("flashocc-r50-M0")["sensor2keyegos"][0]
+    np.testing.assert_array_equal(exact.sensor2keyego(), golden_s2ke)
+    np.testing.assert_array_equal(sensor_to_key_ego(exact.sensor2ego, exact.ego2global), golden_s2ke)
 
 
 def test_frustum_spacing():
