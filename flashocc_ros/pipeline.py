@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from flashocc_ros.backends import CENTER_HEATMAP, CENTER_HEIGHT, CENTER_REG, OCC_LABELS, OCC_LOGITS, Runner
+from flashocc_ros.backends import (
+    CENTER_HEATMAP,
+    CENTER_HEIGHT,
+    CENTER_OUTPUTS,
+    CENTER_REG,
+    OCC_LABELS,
+    OCC_LOGITS,
+    Runner,
+)
 from flashocc_ros.config import CAMERA_NAMES, IMAGE_AUG, FlashOccConfig
 from flashocc_ros.geometry import PoolIndexCache, RigCalibration
 
@@ -34,6 +42,9 @@ class OccupancyResult:
     centers: Any = None  # centers.Centers for PT/PF
     timings_ms: dict[str, float] = field(default_factory=dict)
     logits: np.ndarray | None = None  # (200, 200, 16, 18) float32, only when the pipeline keeps logits
+    # PT/PF with logits kept: the raw centre-head maps {center_heatmap (10,200,200), center_reg (2,200,200),
+    # center_height (1,200,200)}, [channel, iy, ix], float32 (copies)
+    center_maps: dict[str, np.ndarray] | None = None
 
 
 def postprocess_device(runner: Runner):
@@ -164,6 +175,8 @@ class OccupancyPipeline:
         result = OccupancyResult(semantic=semantic, timings_ms=timings)
         if OCC_LOGITS in out:
             result.logits = out[OCC_LOGITS][0].copy()
+            if self.variant.panoptic:
+                result.center_maps = {name: out[name][0].copy() for name in CENTER_OUTPUTS}
         if self.variant.panoptic:
             self._panoptic(out, result)
         timings["postprocess"] = (time.perf_counter() - t0) * 1e3

@@ -1,30 +1,35 @@
 """flashocc-infer: offline FlashOcc / Panoptic-FlashOcc inference on one sample, no ROS needed.
 
-    flashocc-infer --variant V [--checkpoint W.pth] --inputs IN.npz --out OUT.npz [--device cpu|cuda]
-                   [--save-logits] [--pano-mode official|corrected]
+    flashocc-infer --variant V [--checkpoint W.pth] --inputs IN.npz --out OUT.npz [--config FILE.yaml]
+                   [--backend auto|pytorch|onnxruntime|tensorrt] [--device auto|cpu|cuda[:N]]
+                   [--save-logits] [--pano-mode corrected|official]
+
+It runs the same path as the node: ``OccupancyPipeline`` on the configured runner (exact official preprocessing of
+raw images, pooling indices from the calibration, network, centre decoding and panoptic assignment). Defaults are
+those of the configuration (``--config``, else the built-in defaults); flags override them.
 
 IN.npz (golden make_inputs.py layout, batch 1): ``imgs`` (1,6,3,256,704) float32 already normalised, or
-``raw_imgs`` (1,6,H,W,3) uint8 RGB camera images (pre-processed here with the exact official path); plus
-``sensor2egos`` (1,6,4,4), ``ego2globals`` (1,6,4,4), ``intrins`` (1,6,3,3) source-image K, ``post_rots``
-(1,6,3,3), ``post_trans`` (1,6,3), ``bda`` (1,3,3). With ``raw_imgs`` the post_rots/post_trans may be omitted
-(they follow from the image size); when given they must agree with it.
-OUT.npz: ``occ_label`` (200,200,16) uint8 [ix,iy,iz]; ``occ_logits`` (200,200,16,18) float32 with --save-logits;
+``raw_imgs`` (1,6,H,W,3) uint8 RGB camera images; plus ``sensor2egos`` (1,6,4,4), ``ego2globals`` (1,6,4,4),
+``intrins`` (1,6,3,3) source-image K, ``post_rots`` (1,6,3,3), ``post_trans`` (1,6,3), ``bda`` (1,3,3). The
+pipeline applies the official test-time augmentation only: post_rots/post_trans must be those of the source size
+(900x1600 for ``imgs``; they may be omitted with ``raw_imgs``) and bda the identity.
+OUT.npz: ``occ_label`` (200,200,16) uint8 [ix,iy,iz]; ``occ_logits`` (200,200,16,18) float32 with --save-logits
+(panoptic variants then also ``cen_heatmap_logits`` (10,200,200), ``cen_reg`` (2,..), ``cen_height`` (1,..));
 panoptic variants add ``centers_xyz`` (K,3), ``centers_score`` (K,), ``centers_label`` (K,) in score order and
-``pano_inst`` (200,200,16) int32. Without --checkpoint the deterministic untrained weights of --seed are used.
+``pano_inst`` (200,200,16) int32. Without a checkpoint the deterministic untrained weights of --seed are used.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from flashocc_ros.config import CAMERA_NAMES, PANO_MODES, VARIANTS
+from flashocc_ros.config import CAMERA_NAMES, IMAGE_AUG, PANO_MODES, VARIANTS
 
 N = len(CAMERA_NAMES)
 GEOMETRY_KEYS = {
@@ -36,10 +41,22 @@ GEOMETRY_KEYS = {
     "bda": (1, 3, 3),
 }
 OPTIONAL_WITH_RAW = ("post_rots", "post_trans")
+BACKEND_CHOICES = ("auto", "pytorch", "onnxruntime", "tensorrt")
+# --save-logits on panoptic variants also writes the raw centre-head maps, under the golden data's names
+HEAD_MAP_KEYS = {"center_heatmap": "cen_heatmap_logits", "center_reg": "cen_reg", "center_height": "cen_height"}
 
 
 class InputError(ValueError):
     pass
+
+
+@dataclass
+class SampleInputs:
+    """One sample of IN.npz: ``images`` is the (6, 3, 256, 704) float32 network input or six raw HxWx3 uint8 RGB
+    images (preprocessed by the pipeline), ``calibration`` the rig (K, camera -> ego, per-camera ego -> global)."""
+
+    images: np.ndarray | list[np.ndarray]
+    calibration: object  # geometry.RigCalibration
 
 
 def _batched(name: str, arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -49,12 +66,13 @@ def _batched(name: str, arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         raise InputError(f"key {name!r}: expected shape {shape}, got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise InputError(f"key {name!r}: contains non-finite values")
-    return arr.astype(np.float32)
+    return arr
 
 
-def load_inputs(path: Path) -> dict[str, np.ndarray]:
-    """Read and validate IN.npz -> {'imgs' (6,3,256,704) float32, geometry arrays (batch 1)}."""
-    from flashocc_ros.preprocess import augmentation_for, preprocess_images
+def load_inputs(path: Path) -> SampleInputs:
+    """Read and validate IN.npz (see the module docstring)."""
+    from flashocc_ros.geometry import RigCalibration
+    from flashocc_ros.preprocess import augmentation_for
 
     try:
         npz = np.load(path, allow_pickle=False)
@@ -62,82 +80,61 @@ def load_inputs(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: not a readable .npz file ({exc})") from exc
     with npz:
         keys = set(npz.files)
-        out: dict[str, np.ndarray] = {}
         if "imgs" in keys:
-            out["imgs"] = _batched("imgs", np.asarray(npz["imgs"]), (1, N, 3, 256, 704))[0]
-            raw_hw = None
+            images = _batched("imgs", np.asarray(npz["imgs"]), (1, N, 3, *IMAGE_AUG.input_hw))[0]
+            images = np.ascontiguousarray(images, dtype=np.float32)
+            source_hw, raw = IMAGE_AUG.source_hw, False
         elif "raw_imgs" in keys:
-            raw = np.asarray(npz["raw_imgs"])
-            if raw.ndim == 4:
-                raw = raw[None]
-            if raw.ndim != 5 or raw.shape[:2] != (1, N) or raw.shape[4] != 3 or raw.dtype != np.uint8:
-                raise InputError(f"key 'raw_imgs': expected uint8 (1, {N}, H, W, 3) RGB, got {raw.dtype} {raw.shape}")
-            raw_hw = raw.shape[2:4]
-            try:
-                out["imgs"] = preprocess_images(list(raw[0]))
-            except ValueError as exc:
-                raise InputError(f"key 'raw_imgs': {exc}") from exc
+            arr = np.asarray(npz["raw_imgs"])
+            if arr.ndim == 4:
+                arr = arr[None]
+            if arr.ndim != 5 or arr.shape[:2] != (1, N) or arr.shape[4] != 3 or arr.dtype != np.uint8:
+                raise InputError(f"key 'raw_imgs': expected uint8 (1, {N}, H, W, 3) RGB, got {arr.dtype} {arr.shape}")
+            images, source_hw, raw = list(arr[0]), tuple(arr.shape[2:4]), True
         else:
             raise InputError(f"{path}: needs key 'imgs' or 'raw_imgs' (found: {sorted(keys)})")
+        geo: dict[str, np.ndarray] = {}
         for name, shape in GEOMETRY_KEYS.items():
             if name not in keys:
-                if raw_hw is not None and name in OPTIONAL_WITH_RAW:
+                if raw and name in OPTIONAL_WITH_RAW:
                     continue
                 raise InputError(f"{path}: missing key {name!r} (found: {sorted(keys)})")
-            out[name] = _batched(name, np.asarray(npz[name]), shape)
-    if raw_hw is not None:
-        aug = augmentation_for(raw_hw)
-        expected = {
-            "post_rots": np.broadcast_to(aug.post_rot, (1, N, 3, 3)),
-            "post_trans": np.broadcast_to(aug.post_tran, (1, N, 3)),
-        }
-        for name, value in expected.items():
-            if name in out and not np.allclose(out[name], value, atol=1e-5):
-                raise InputError(
-                    f"key {name!r} disagrees with the test-time augmentation of {raw_hw[1]}x{raw_hw[0]} raw images "
-                    f"(expected {value[0, 0].tolist()}, got {out[name][0, 0].tolist()})"
-                )
-            out[name] = value.astype(np.float32)
-    return out
-
-
-def run_inference(model, inputs: dict[str, np.ndarray], device: str = "cpu") -> dict[str, np.ndarray]:
-    """Network forward + post-processing on one sample -> dict of output arrays (occ_label, occ_logits, centers)."""
-    import torch
-
-    from flashocc_ros.geometry import compute_pool_indices, make_mlp_input, sensor_to_key_ego
-    from flashocc_ros.model import occupancy_labels
-
-    v = model.variant
-    s2ke = sensor_to_key_ego(inputs["sensor2egos"], inputs["ego2globals"])
-    geo = (inputs["intrins"], inputs["post_rots"], inputs["post_trans"], inputs["bda"])
-    pool = compute_pool_indices(v, s2ke, *geo).to(device)
-    mlp = make_mlp_input(s2ke, *geo).to(device) if v.depth_net == "bevdepth" else None
-    img = torch.from_numpy(inputs["imgs"]).to(device)
-    with torch.inference_mode():
-        outs = model.forward_tensors(img, *pool.network_inputs(), mlp)
-        logits = outs[0]
-        result = {"occ_label": occupancy_labels(logits).cpu().numpy(), "occ_logits": logits[0].float().cpu().numpy()}
-        if v.panoptic:
-            from flashocc_ros.centers import decode_centers
-
-            centers = decode_centers(outs[1], outs[2], outs[3])
-            result.update(centers.numpy())
-            result["_centers"] = centers
-    return result
+            geo[name] = _batched(name, np.asarray(npz[name], dtype=np.float64), shape)
+    try:
+        aug = augmentation_for(source_hw)
+    except ValueError as exc:
+        raise InputError(f"images: {exc}") from exc
+    expected = {
+        "post_rots": np.broadcast_to(aug.post_rot, (1, N, 3, 3)),
+        "post_trans": np.broadcast_to(aug.post_tran, (1, N, 3)),
+        "bda": np.eye(3)[None],
+    }
+    for name, value in expected.items():
+        if name in geo and not np.allclose(geo[name], value, atol=1e-5):
+            what = (
+                "the identity (no BEV augmentation at test time)"
+                if name == "bda"
+                else (f"the test-time augmentation of {source_hw[1]}x{source_hw[0]} source images")
+            )
+            raise InputError(
+                f"key {name!r} disagrees with {what} (expected {value[0, 0].tolist()}, got {geo[name][0, 0].tolist()})"
+            )
+    try:
+        calib = RigCalibration(geo["intrins"][0], geo["sensor2egos"][0], geo["ego2globals"][0], source_hw)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    return SampleInputs(images=images, calibration=calib)
 
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """OUT.npz written through a temporary file and renamed (never half-written)."""
+    from flashocc_ros.evaluation import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,12 +143,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="official .pth (mmcv / EMA / bare / module.-prefixed) or converted file")
     p.add_argument("--inputs", required=True, type=Path, help="IN.npz (make_inputs.py layout, or raw_imgs)")
     p.add_argument("--out", required=True, type=Path, help="OUT.npz")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--config", type=Path, help="parameters YAML (config/<variant>.yaml); flags override it")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: the config's (auto)")
+    p.add_argument("--engine", help="ONNX file / TensorRT engine for those backends (default: cached export)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's)")
     p.add_argument("--save-logits", action="store_true", help="also write occ_logits (200,200,16,18) float32")
-    p.add_argument("--pano-mode", choices=PANO_MODES, default="official", help="panoptic instance assignment")
-    p.add_argument("--seed", type=int, default=0, help="deterministic weights when no --checkpoint")
+    p.add_argument("--pano-mode", choices=PANO_MODES, help="panoptic instance assignment (default: the config's)")
+    p.add_argument("--seed", type=int, default=0, help="deterministic weights when no checkpoint (pytorch backend)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     return p
+
+
+def _config(args):
+    from flashocc_ros.config import load_config
+
+    from flashocc_ros.config import get_variant
+
+    model: dict = {}
+    try:
+        variant = None if args.variant is None else get_variant(args.variant).name
+    except (KeyError, ValueError) as exc:
+        raise InputError(f"--variant {args.variant!r}: {exc}") from exc
+    for key, value in (
+        ("variant", variant),
+        ("checkpoint", args.checkpoint),
+        ("backend", args.backend),
+        ("engine", args.engine),
+        ("device", args.device),
+        ("pano_mode", args.pano_mode),
+    ):
+        if value is not None:
+            model[key] = value
+    if args.variant is None and args.checkpoint:
+        from flashocc_ros.checkpoint import load_checkpoint
+
+        model["variant"] = load_checkpoint(args.checkpoint)[1]
+    return load_config(args.config, {"model": model})
+
+
+def _runner(cfg, seed: int, with_logits: bool):
+    """None (the pipeline creates the configured runner), or a PyTorch runner with the untrained weights of
+    another seed than the built-in default."""
+    if seed == 0 or cfg.model.checkpoint:
+        return None
+    from flashocc_ros.backends import resolve_device
+    from flashocc_ros.backends.torch_runner import TorchRunner
+    from flashocc_ros.weights import deterministic_state_dict
+
+    if cfg.model.backend not in ("auto", "pytorch"):
+        raise InputError(f"--seed {seed}: deterministic weights of other seeds run on the pytorch backend only")
+    state = deterministic_state_dict(cfg.variant.name, seed)
+    return TorchRunner(cfg.variant, state, resolve_device(cfg.model, "pytorch"), with_logits, cfg.model.precision)
+
+
+def infer(cfg, sample: SampleInputs, seed: int = 0, with_logits: bool = False, log=print) -> dict[str, np.ndarray]:
+    """One sample through OccupancyPipeline -> the OUT.npz arrays."""
+    from flashocc_ros.pipeline import OccupancyPipeline
+
+    runner = _runner(cfg, seed, with_logits)
+    with OccupancyPipeline(cfg, runner=runner, with_logits=with_logits, log=log) as pipe:
+        pipe.set_calibration(sample.calibration)
+        result = pipe.run(sample.images)
+    out = {"occ_label": result.semantic}
+    if with_logits:
+        out["occ_logits"] = result.logits
+        for name, golden_name in HEAD_MAP_KEYS.items():
+            if result.center_maps is not None:
+                out[golden_name] = result.center_maps[name]
+    if result.centers is not None:
+        out.update(result.centers.numpy())
+        out["pano_inst"] = result.panoptic
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,48 +222,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
+        from flashocc_ros.backends import BackendError
+        from flashocc_ros.checkpoint import CheckpointError
+        from flashocc_ros.config import ConfigError
+        from flashocc_ros.pipeline import PipelineError
+
         if args.threads > 0:
             torch.set_num_threads(args.threads)
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"--device {args.device}: CUDA is not available")
-        if not args.checkpoint and not args.variant:
-            raise InputError("--variant is required when no --checkpoint is given")
-        from flashocc_ros.checkpoint import CheckpointError
-        from flashocc_ros.model import load_model
-
-        inputs = load_inputs(args.inputs)
-        t0 = time.perf_counter()
+        if not args.checkpoint and not args.variant and args.config is None:
+            raise InputError("--variant is required when no --checkpoint or --config is given")
         try:
-            model = load_model(args.variant, args.checkpoint, device=args.device, seed=args.seed)
-        except (CheckpointError, ValueError) as exc:
+            cfg = _config(args)
+            sample = load_inputs(args.inputs)
+            t0 = time.perf_counter()
+            result = infer(
+                cfg, sample, args.seed, args.save_logits, log=lambda s: print(f"{prog}: {s}", file=sys.stderr)
+            )
+            seconds = time.perf_counter() - t0
+        except (CheckpointError, ConfigError, BackendError, PipelineError, FileNotFoundError) as exc:
             raise InputError(str(exc)) from exc
-        t1 = time.perf_counter()
-        result = run_inference(model, inputs, args.device)
-        t2 = time.perf_counter()
-        centers = result.pop("_centers", None)
-        if not args.save_logits:
-            result.pop("occ_logits")
-        if centers is not None:
-            result["pano_inst"] = _panoptic(result["occ_label"], centers, args.pano_mode)
         write_npz_atomic(args.out, result)
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    extra = f", {len(centers)} centres" if centers is not None else ""
-    print(
-        f"{prog}: {model.variant.name} -> {args.out} (load {t1 - t0:.1f} s, inference {t2 - t1:.2f} s{extra})",
-        file=sys.stderr,
-    )
+    extra = f", {len(result['centers_score'])} centres" if "centers_score" in result else ""
+    print(f"{prog}: {cfg.variant.name} ({cfg.model.backend}) -> {args.out} ({seconds:.2f} s{extra})", file=sys.stderr)
     return 0
-
-
-def _panoptic(occ_label: np.ndarray, centers, mode: str) -> np.ndarray:
-    import torch
-
-    from flashocc_ros.panoptic import assign_instances
-
-    pano = assign_instances(torch.from_numpy(occ_label.astype(np.int64)), centers, mode=mode)
-    return pano.panoptic.cpu().numpy().astype(np.int32)
 
 
 if __name__ == "__main__":
