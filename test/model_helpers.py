@@ -75,4 +75,6 @@ def seed0_run(variant: str) -> dict:
         }
         if model.variant.panoptic:
             out["centers"] = decode_centers(st["heatmap"], st["reg"], st["height"])
+            out["heatmap"] = st["heatmap"].numpy().copy()
+            out["reg"] = st["reg"].numpy().copy()
     return out
