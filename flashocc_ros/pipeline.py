@@ -66,8 +66,12 @@ class OccupancyPipeline:
         with_logits: bool = False,
         log=print,
         preprocess_workers: int = 2,
+        gpu_jpeg: bool | None = None,
     ):
-        """``preprocess_workers``: threads that decode/preprocess the six images in parallel (1 = sequential)."""
+        """``preprocess_workers``: threads that decode/preprocess the six images in parallel (1 = sequential).
+        ``gpu_jpeg``: fast-path JPEGs decoded and preprocessed on the runner's GPU (``gpu_preprocess``) straight
+        into its device input; None (default) = whenever the runner has a CUDA input tensor (``device_image``) and
+        torchvision can decode there; True = required (PipelineError if impossible); False = never."""
         from flashocc_ros.backends import create_runner
         from flashocc_ros.preprocess import BatchPreprocessor
 
@@ -80,6 +84,8 @@ class OccupancyPipeline:
             raise PipelineError(f"runner is for {self.runner.variant.name}, config wants {self.variant.name}")
         self.backend_name = self.runner.backend
         self.postprocess_device = postprocess_device(self.runner)
+        self.gpu_jpeg, self.gpu_jpeg_reason = self._gpu_jpeg_choice(gpu_jpeg)
+        self.last_jpeg_path = ""  # "gpu" or "cpu": where the last run_jpeg decoded/preprocessed
         self._geometry = PoolIndexCache(max_entries=4)
         self._fingerprint: str | None = None
         self.calibration: RigCalibration | None = None
@@ -161,11 +167,45 @@ class OccupancyPipeline:
             except (ValueError, OSError, RuntimeError) as exc:
                 raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG ({exc})") from exc
             self._check_size(i, hw)
+        if self.gpu_jpeg and not exact:
+            return self._load_jpegs_gpu(jpegs)
+        self.last_jpeg_path = "cpu"
         try:
             return self._batch.jpegs_into(jpegs, self.runner.image, exact=exact)
         except BatchItemError as exc:
             i = exc.index
             raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG ({exc.error})") from exc.error
+
+    # -- GPU host path ---------------------------------------------------------------------------------------
+    def _gpu_jpeg_choice(self, wanted: bool | None) -> tuple[bool, str]:
+        if wanted is False:
+            return False, "disabled"
+        from flashocc_ros.gpu_preprocess import gpu_path_status, torchvision_decoder
+
+        target = getattr(self.runner, "device_image", None)
+        if target is None:
+            ok, why = False, f"the {self.backend_name} runner has no device input tensor"
+        else:
+            ok, why = gpu_path_status(target.device)
+            if ok:
+                ok, why = torchvision_decoder()
+        if wanted and not ok:
+            raise PipelineError(f"gpu_jpeg: the GPU JPEG path cannot be used: {why}")
+        return ok, why
+
+    def _load_jpegs_gpu(self, jpegs) -> dict[str, float]:
+        """Decode (nvJPEG) + preprocess on the GPU into the runner's device input; the host buffer is skipped."""
+        from flashocc_ros.gpu_preprocess import jpegs_into
+
+        try:
+            times = jpegs_into([bytes(d) for d in jpegs], self.runner.device_image)
+        except ValueError as exc:
+            i = _image_index(str(exc))
+            where = f"jpegs[{i}] ({CAMERA_NAMES[i]})" if i is not None else "jpegs"
+            raise PipelineError(f"{where}: cannot decode JPEG on the GPU ({exc})") from exc
+        self.runner.input_on_device = True
+        self.last_jpeg_path = "gpu"
+        return {"decode": times["decode"], "preprocess": times["preprocess"]}
 
     def _infer_and_postprocess(self, timings: dict[str, float]) -> OccupancyResult:
         out = self.runner.infer()
@@ -189,17 +229,24 @@ class OccupancyPipeline:
         from flashocc_ros.panoptic import assign_instances
 
         device = self.postprocess_device
+        # The runner's device tensors of this frame (TorchRunner on CUDA) spare the host -> device round trip.
+        on_dev = getattr(self.runner, "device_outputs", None) or {}
 
-        def on_device(array: np.ndarray):
+        def on_device(name: str, array: np.ndarray):
+            t = on_dev.get(name)
+            if t is not None and t.device == device:
+                return t
             return torch.from_numpy(array).to(device)  # no copy on the CPU
 
         centers = decode_centers(
-            on_device(out[CENTER_HEATMAP]),
-            on_device(out[CENTER_REG]),
-            on_device(out[CENTER_HEIGHT]),
+            on_device(CENTER_HEATMAP, out[CENTER_HEATMAP]),
+            on_device(CENTER_REG, out[CENTER_REG]),
+            on_device(CENTER_HEIGHT, out[CENTER_HEIGHT]),
             score_threshold=self.cfg.model.score_threshold,
         )
-        pano = assign_instances(on_device(result.semantic), centers, mode=self.cfg.model.pano_mode)
+        labels = on_device(OCC_LABELS, out[OCC_LABELS])
+        semantic = labels[0].to(torch.uint8) if labels.device.type == "cuda" else torch.from_numpy(result.semantic)
+        pano = assign_instances(semantic, centers, mode=self.cfg.model.pano_mode)
         result.centers = centers
         result.panoptic = pano.panoptic.cpu().numpy().astype(np.int32, copy=False)
         result.instances = pano.instances
@@ -243,8 +290,15 @@ class OccupancyPipeline:
 
 
 def _jpeg_hw(data: bytes) -> tuple[int, int]:
-    """(H, W) from the JPEG header (simplejpeg returns height, width, colorspace, subsampling)."""
-    import simplejpeg
+    """(H, W) from the JPEG header (simplejpeg, else Pillow: see preprocess.jpeg_size)."""
+    from flashocc_ros.preprocess import jpeg_size
 
-    h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-    return int(h), int(w)
+    return jpeg_size(data)
+
+
+def _image_index(message: str) -> int | None:
+    """The index in an ``"image N: ..."`` error of gpu_preprocess.decode_jpegs."""
+    import re
+
+    m = re.match(r"image (\d+):", message)
+    return int(m.group(1)) if m else None

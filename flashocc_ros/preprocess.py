@@ -20,6 +20,7 @@ resamplers release the GIL), writing straight into the network's input buffer; r
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -129,8 +130,26 @@ def decode_jpeg(jpeg: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+@functools.cache
+def simplejpeg_available() -> bool:
+    """simplejpeg (libjpeg-turbo with DCT scaling) importable; without it the fast path decodes with Pillow's
+    ``draft`` (also a DCT-domain downscale, other IDCT/upsampling details: results differ slightly)."""
+    try:
+        import simplejpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def jpeg_size(jpeg: bytes) -> tuple[int, int]:
-    """(H, W) of a JPEG without decoding it."""
+    """(H, W) of a JPEG without decoding it (simplejpeg, else Pillow's header parser)."""
+    if not simplejpeg_available():
+        import io
+
+        with Image.open(io.BytesIO(jpeg)) as im:
+            if im.format != "JPEG":
+                raise ValueError(f"not a JPEG image ({im.format})")
+            return int(im.size[1]), int(im.size[0])
     import simplejpeg
 
     h, w, _, _ = simplejpeg.decode_jpeg_header(jpeg)  # simplejpeg returns (height, width, colorspace, subsampling)
@@ -140,11 +159,22 @@ def jpeg_size(jpeg: bytes) -> tuple[int, int]:
 def decode_jpeg_reduced(jpeg: bytes) -> tuple[np.ndarray, ImageAugmentation]:
     """Fast-path decode: libjpeg-turbo DCT-domain downscale to the smallest scale >= the official resized size
     (800x450 for 1600x900). Returns the decoded RGB image and the augmentation of the JPEG's source size."""
-    import simplejpeg
-
     aug = augmentation_for(jpeg_size(jpeg))
     new_w, new_h = aug.resized_wh
+    if not simplejpeg_available():
+        return _decode_reduced_pillow(jpeg, new_w, new_h), aug
+    import simplejpeg
+
     return simplejpeg.decode_jpeg(jpeg, colorspace="RGB", min_width=new_w, min_height=new_h), aug
+
+
+def _decode_reduced_pillow(jpeg: bytes, min_w: int, min_h: int) -> np.ndarray:
+    """Pillow fallback of the fast decode: ``draft`` picks the largest DCT scale keeping >= (min_w, min_h)."""
+    import io
+
+    with Image.open(io.BytesIO(jpeg)) as im:
+        im.draft("RGB", (min_w, min_h))
+        return np.asarray(im.convert("RGB"))
 
 
 def finish_reduced(small: np.ndarray, aug: ImageAugmentation, out: np.ndarray | None = None) -> np.ndarray:

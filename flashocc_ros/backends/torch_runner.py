@@ -73,6 +73,13 @@ class TorchRunner(Runner):
             self._host_out = {k: torch.from_numpy(v) for k, v in self.outputs.items()}
         self._pool: PoolIndices | None = None
         self._mlp: torch.Tensor | None = None
+        # GPU host path (pipeline.py): callers may fill ``device_image`` on the GPU themselves and set
+        # ``input_on_device`` for the next infer() (then the host buffer is not copied); ``device_outputs`` holds the
+        # last outputs as device tensors (labels int32, centre maps), so post-processing on the same device needs no
+        # round trip. Both None on the CPU.
+        self.device_image = self._dev_img if on_gpu else None
+        self.input_on_device = False
+        self.device_outputs: dict[str, torch.Tensor] | None = None
 
     def describe(self) -> str:
         return f"pytorch {self.device} {self.precision} ({self.variant.short})"
@@ -84,8 +91,9 @@ class TorchRunner(Runner):
     @torch.inference_mode()
     def _infer(self) -> None:
         p = self._pool
-        if self._dev_img is not self._host_img:
+        if self._dev_img is not self._host_img and not self.input_on_device:
             self._dev_img.copy_(self._host_img, non_blocking=True)
+        self.input_on_device = False
         with torch.autocast(
             "cuda", dtype=torch.float16, enabled=self.precision == "fp16" and self.device.type == "cuda"
         ):
@@ -99,13 +107,18 @@ class TorchRunner(Runner):
                 self._mlp,
             )
         logits = outs[0].float()
-        self._host_out[OCC_LABELS].copy_(logits.argmax(-1).to(torch.int32), non_blocking=True)
+        labels = logits.argmax(-1).to(torch.int32)
+        self._host_out[OCC_LABELS].copy_(labels, non_blocking=True)
+        if self.device.type == "cuda":
+            self.device_outputs = {OCC_LABELS: labels}
         if OCC_LOGITS in self._host_out:
             self._host_out[OCC_LOGITS].copy_(logits, non_blocking=True)
         if self.variant.panoptic:
             heatmap, reg, height = outs[1:4]
             for name, t in ((CENTER_HEATMAP, heatmap), (CENTER_REG, reg), (CENTER_HEIGHT, height)):
                 self._host_out[name].copy_(t.float(), non_blocking=True)
+                if self.device_outputs is not None:
+                    self.device_outputs[name] = t.float()
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
 

@@ -1,0 +1,201 @@
+"""Host overhead per frame of flashocc_node's processing path, with the network replaced by a no-op runner.
+
+    python benchmarks/bench_host.py [--variant flashocc-r50-M0] [--frames 30] [--ego-speed 15] [--device cpu|cuda]
+                                    [--workers 2] [--no-msgs] [--json OUT.json]
+
+What a frame costs besides the network once the network runs at GPU speed (FlashOcc M0 TensorRT fp16: ~5 ms on
+an RTX 3090): six 1600x900 JPEGs (bench_node.py's textured synthetic images), a moving vehicle (per-camera ego
+poses change every frame, so the voxel-pooling indices are recomputed every frame, as flashocc_node does with
+``tf.world_frame`` set), decode + preprocess into the network input, post-processing, and the semantic message
+plus the point cloud built as the node publishes them (``semantic_to_msg``, ``occupied_points`` +
+``pointcloud2_msg``; without the ROS message packages, ``--no-msgs`` or missing: only ``occupied_points``).
+No DDS: publishing itself is measured end to end by bench_node.py.
+
+The no-op runner returns a fixed street-like label grid (bench_render.street_scene, ~9 % occupied), so the point
+cloud has a realistic size. ``--device cuda`` keeps the runner's input on the GPU and uses the GPU host path
+(nvJPEG decode + resize/crop/normalise on the GPU, ``flashocc_ros.gpu_preprocess``) where available; the network
+output (labels) is copied to the host as the real runner does.
+
+Reports per-stage medians and p95 (ms) and the total against the goals of issue 17 (<= 35 ms CPU-only,
+<= 10 ms on the GPU path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from flashocc_ros.backends.base import OCC_LABELS, Runner  # noqa: E402
+from flashocc_ros.config import get_variant, load_config  # noqa: E402
+from flashocc_ros.geometry import RigCalibration, reference_rig  # noqa: E402
+
+GOAL_CPU_MS = 35.0
+GOAL_GPU_MS = 10.0
+OFFSETS_S = np.array([30, 0, 10, 40, 25, 15]) * 1e-3  # per-camera stamp offsets inside a sweep (nuScenes-like)
+
+
+class NoopRunner(Runner):
+    """A runner whose network does nothing: ``infer`` leaves a fixed label grid (and zero centre maps) in the
+    outputs. On CUDA it keeps a device input tensor (``device_image``) and copies the labels device -> host per
+    frame like TorchRunner, so the GPU host path is measured with its real transfers."""
+
+    backend = "noop"
+
+    def __init__(self, variant, labels: np.ndarray, device: str = "cpu") -> None:
+        super().__init__(variant, with_logits=False)
+        import torch
+
+        self.device = torch.device(device)
+        self.outputs[OCC_LABELS][0] = labels
+        self.device_image = None
+        if self.device.type == "cuda":
+            self.device_image = torch.zeros(self.image.shape, dtype=torch.float32, device=self.device)
+            self._labels_dev = torch.from_numpy(labels.astype(np.int32)).to(self.device)[None]
+            self._labels_host = torch.from_numpy(self.outputs[OCC_LABELS])
+        self.input_on_device = False
+
+    def _prepare(self, pool, mlp_input) -> None:
+        self._pool = pool.to(self.device)  # what TorchRunner does per calibration
+
+    def _infer(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            if not self.input_on_device:
+                self.device_image.copy_(torch.from_numpy(self.image), non_blocking=False)
+            self._labels_host.copy_(self._labels_dev, non_blocking=False)
+        self.input_on_device = False
+
+
+def moving_calibration(frame: int, speed: float, rate_hz: float = 12.0) -> RigCalibration:
+    """Reference rig on a vehicle driving at ``speed`` m/s with a slow yaw drift: every camera has its own ego
+    pose (stamp offsets inside the sweep), and every frame differs from the previous one."""
+    rig = reference_rig()
+    poses = []
+    for off in OFFSETS_S:
+        t = frame / rate_hz + off
+        yaw = 0.3 + 0.05 * t
+        m = np.eye(4)
+        c, s = np.cos(yaw), np.sin(yaw)
+        m[:2, :2] = [[c, -s], [s, c]]
+        m[:3, 3] = [600.0 + speed * t * c, 1600.0 + speed * t * s, 0.0]
+        poses.append(m)
+    return RigCalibration(rig.intrinsics, rig.sensor2ego, np.stack(poses), rig.image_hw)
+
+
+def percentiles(values) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {"median": float(np.median(a)), "p95": float(np.percentile(a, 95))}
+
+
+def run(
+    variant: str = "flashocc-r50-M0",
+    frames: int = 30,
+    warmup: int = 3,
+    ego_speed: float = 15.0,
+    device: str = "cpu",
+    workers: int = 2,
+    msgs: bool = True,
+    jpegs: list[bytes] | None = None,
+) -> dict:
+    """Measure ``frames`` frames after ``warmup``; returns {stage: {median, p95}} in ms plus details."""
+    from bench_node import make_jpegs
+    from bench_render import street_scene
+
+    from flashocc_ros.pipeline import OccupancyPipeline
+    from flashocc_ros.ros_convert import occupied_points
+
+    build_msgs = msgs
+    if build_msgs:
+        try:
+            from std_msgs.msg import Header
+
+            from flashocc_ros.ros_convert import pointcloud2_msg, semantic_to_msg
+
+            semantic_to_msg(street_scene(), Header(frame_id="base_link"), variant)  # import the classes now
+        except Exception:  # ROS message packages missing (e.g. the GPU machine): arrays only
+            build_msgs = False
+    jpegs = jpegs if jpegs is not None else make_jpegs(1600, 900, 0)
+    v = get_variant(variant)
+    cfg = load_config(overrides={"model": {"variant": v.name, "backend": "pytorch", "device": device}})
+    runner = NoopRunner(v, street_scene(), device)
+    stages = {k: [] for k in ("calibration", "decode_preprocess", "network", "postprocess", "publish", "total")}
+    with OccupancyPipeline(cfg, runner=runner, preprocess_workers=workers) as pipe:
+        for i in range(warmup + frames):
+            t0 = time.perf_counter()
+            calib = moving_calibration(i, ego_speed) if ego_speed > 0 else reference_rig()
+            pipe.set_calibration(calib)
+            t1 = time.perf_counter()
+            result = pipe.run_jpeg(jpegs)
+            t2 = time.perf_counter()
+            points = occupied_points(result.semantic, result.panoptic)
+            if build_msgs:
+                header = Header(frame_id="base_link")
+                semantic_to_msg(result.semantic, header, v.name)
+                pointcloud2_msg(points, header)
+            t3 = time.perf_counter()
+            if i < warmup:
+                continue
+            tm = result.timings_ms
+            stages["calibration"].append((t1 - t0) * 1e3)
+            stages["decode_preprocess"].append(tm["decode"] + tm["preprocess"])
+            stages["network"].append(tm["inference"])
+            stages["postprocess"].append(tm["postprocess"])
+            stages["publish"].append((t3 - t2) * 1e3)
+            stages["total"].append((t3 - t0) * 1e3)
+        report = {k: percentiles(vals) for k, vals in stages.items()}
+        report["details"] = {
+            "variant": v.name,
+            "frames": frames,
+            "device": device,
+            "ego_speed_mps": ego_speed,
+            "pool_index_computations": pipe.pool_index_computations,
+            "jpeg_path": getattr(pipe, "last_jpeg_path", "cpu"),
+            "messages_built": build_msgs,
+            "occupied_points": int(len(points)),
+            "preprocess_workers": workers,
+            "load_average": list(os.getloadavg()),
+        }
+    return report
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", default="flashocc-r50-M0")
+    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--ego-speed", type=float, default=15.0, help="m/s; 0 = static ego (indices computed once)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--workers", type=int, default=2, help="decode/preprocess threads")
+    ap.add_argument("--no-msgs", action="store_true", help="do not build ROS messages (arrays only)")
+    ap.add_argument("--json", default="", help="also write the report here")
+    args = ap.parse_args()
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    report = run(args.variant, args.frames, 3, args.ego_speed, args.device, args.workers, not args.no_msgs)
+    d = report["details"]
+    print(
+        f"host overhead per frame, {d['variant']}, {d['device']}, six 1600x900 JPEGs, ego {d['ego_speed_mps']:g} m/s "
+        f"({d['pool_index_computations']} index computations), no-op network, {d['frames']} frames"
+    )
+    for k in ("calibration", "decode_preprocess", "network", "postprocess", "publish", "total"):
+        print(f"  {k:<18}: median {report[k]['median']:7.2f} ms   p95 {report[k]['p95']:7.2f} ms")
+    goal = GOAL_GPU_MS if args.device == "cuda" else GOAL_CPU_MS
+    print(f"  goal (issue 17)   : <= {goal:g} ms -> {'met' if report['total']['median'] <= goal else 'NOT met'}")
+    print(f"  messages built: {d['messages_built']}, {d['occupied_points']} points, jpeg path: {d['jpeg_path']}")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

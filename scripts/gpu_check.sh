@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One prepared device check (issue 17): parity, panoptic, decode, throughput, environment -> DIR/gpu_check.json.
+#   bash scripts/gpu_check.sh [--device cuda|cpu] [--out DIR] [--quick] [--variants M0 PT ...]
+# Python: $FLASHOCC_PYTHON, else the repository's .venv, else python3 (the device machine: Python 3.12, no ROS).
+# Wheels carried to a machine without network: unpack them under .carry/site (or set FLASHOCC_CARRY_DIR); that
+# directory is put on PYTHONPATH and its top-level entries are recorded in the report's environment section.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${FLASHOCC_PYTHON:-}"
+if [[ -z "$PY" ]]; then
+  if [[ -x "$REPO/.venv/bin/python" ]]; then PY="$REPO/.venv/bin/python"; else PY="$(command -v python3)"; fi
+fi
+CARRY="${FLASHOCC_CARRY_DIR:-$REPO/.carry/site}"
+if [[ -d "$CARRY" ]]; then
+  export PYTHONPATH="$CARRY${PYTHONPATH:+:$PYTHONPATH}"
+  FLASHOCC_CARRIED="$(ls -1 "$CARRY" | grep -v '\.dist-info$' | paste -sd: -)"
+  export FLASHOCC_CARRIED
+fi
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+exec "$PY" -m flashocc_ros.tools.gpu_check "$@"
