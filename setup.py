@@ -22,6 +22,7 @@ OFFLINE = [
     "onnx",
     "onnxruntime",
     "rosbags",
+    "mcap",
     "nuscenes-devkit",
     "tqdm",
     "matplotlib",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import yaml
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.storage_sqlite3 import Sqlite3Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from flashocc_ros.config import CLASS_NAMES, FREE_INDEX, OCC_GRID, CameraConfig, GridSpec, OutputConfig
@@ -527,10 +529,241 @@ def match_to_samples(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def open_writer(path: str | Path, *, storage: str = "mcap", distro: str = "kilted") -> Writer:
-    """A rosbags Writer (not yet opened) for `distro`'s rosbag2 format; `path` must not exist."""
+class McapStorage:
+    """rosbags' storage-writer interface over the `mcap` library, writing what rosbag2's MCAP plugin writes plus CRCs.
+
+    Every chunk carries the CRC of its records, the data-end record the CRC of the data section and the footer the
+    CRC of the summary, so a reader that checks them (``check_bag``, the mcap tools) detects corrupted bytes. Channels
+    carry ``offered_qos_profiles`` and ``topic_type_hash`` (rosbag2_storage_mcap's keys); the rosbag2 metadata is
+    stored as the ``rosbag2`` metadata record, like rosbags does. Chunks are not compressed (rosbag2's default)."""
+
+    def __init__(self, path: Path, compression: Any) -> None:
+        from importlib.metadata import version
+
+        from mcap.writer import CompressionType
+        from mcap.writer import Writer as McapWriter
+
+        _ = compression  # only CompressionMode.NONE is used by our tools
+        self.path = path / f"{path.name}.mcap"
+        self.distro = "rosbags"
+        self._file = self.path.open("xb")
+        self._mcap = McapWriter(self._file, compression=CompressionType.NONE, enable_crcs=True, enable_data_crcs=True)
+        self._mcap.start(profile="ros2", library=f"flashocc_ros (mcap {version('mcap')})")
+        self._schemas: dict[str, int] = {}
+        self._channels: dict[int, int] = {}
+
+    def add_msgtype(self, connection: Any) -> None:
+        encoding = "ros2idl" if connection.msgdef.format.name == "IDL" else "ros2msg"
+        data = connection.msgdef.data.encode()
+        self._schemas[connection.msgtype] = self._mcap.register_schema(connection.msgtype, encoding, data)
+
+    def add_connection(self, connection: Any, offered_qos_profiles: str) -> None:
+        metadata = {"offered_qos_profiles": offered_qos_profiles, "topic_type_hash": connection.digest or ""}
+        self._channels[connection.id] = self._mcap.register_channel(
+            connection.topic, connection.ext.serialization_format, self._schemas[connection.msgtype], metadata
+        )
+
+    def write(self, connection: Any, timestamp: int, data: bytes | memoryview) -> None:
+        self._mcap.add_message(self._channels[connection.id], timestamp, bytes(data), timestamp)
+
+    def flush(self) -> None:
+        """Finish the current chunk and hand it to the OS: a process killed later loses nothing written so far
+        (``recover_mcap`` salvages it)."""
+        self._mcap.flush()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self, version: int, metadata: str) -> None:
+        _ = version
+        self._mcap.add_metadata("rosbag2", {"serialized_metadata": _with_distro(metadata, self.distro)})
+        self._mcap.finish()
+        self._file.close()
+
+    def abort(self) -> None:
+        self._file.close()
+
+
+def _with_distro(metadata_yaml: str, distro: str) -> str:
+    """rosbags writes ``ros_distro: rosbags``; we record the distro whose format was written."""
+    return re.sub(r"^(\s*ros_distro:) rosbags$", rf"\1 {distro}", metadata_yaml, flags=re.MULTILINE)
+
+
+class Sqlite3Storage(Sqlite3Writer):
+    """rosbags' sqlite3 writer that records the distro in the ``schema`` table instead of ``rosbags``."""
+
+    distro = "rosbags"
+
+    def close(self, version: int, metadata: str) -> None:
+        self.cursor.execute("UPDATE schema SET ros_distro = ?", (self.distro,))
+        super().close(version, _with_distro(metadata, self.distro))
+
+    def flush(self) -> None:
+        self.conn.commit()
+
+
+class BagWriter(Writer):
+    """rosbags Writer with our storages (MCAP with CRCs via the `mcap` library) and the real distro recorded."""
+
+    STORAGE_PLUGINS = {StoragePlugin.SQLITE3: Sqlite3Storage, StoragePlugin.MCAP: McapStorage}
+
+    def __init__(self, path: Path, *, version: int, storage_plugin: StoragePlugin, distro: str) -> None:
+        super().__init__(path, version=version, storage_plugin=storage_plugin)
+        self.distro = distro
+
+    def open(self) -> None:
+        super().open()
+        self.storage.distro = self.distro
+
+    def flush(self) -> None:
+        """Make everything written so far durable (MCAP: finish the chunk; sqlite3: commit)."""
+        if self.storage is not None:
+            self.storage.flush()
+
+    def close(self) -> None:
+        super().close()
+        text = self.metapath.read_text()
+        tmp = self.metapath.with_suffix(".yaml.tmp")
+        tmp.write_text(_with_distro(text, self.distro))
+        tmp.replace(self.metapath)
+
+
+def open_writer(path: str | Path, *, storage: str = "mcap", distro: str = "kilted") -> BagWriter:
+    """A Writer (not yet opened) for `distro`'s rosbag2 format; `path` must not exist."""
     if storage not in STORAGES:
         raise ValueError(f"unknown storage {storage!r}; supported: {', '.join(STORAGES)}")
     if distro not in DISTROS:
         raise ValueError(f"unknown ROS distro {distro!r}; supported: {', '.join(DISTROS)}")
-    return Writer(Path(path), version=BAG_VERSION[distro], storage_plugin=STORAGES[storage])
+    return BagWriter(Path(path), version=BAG_VERSION[distro], storage_plugin=STORAGES[storage], distro=distro)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Integrity check and recovery (MCAP)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _scan_mcap(path: Path, on_record=None) -> list[str]:
+    """Read every record of an MCAP file checking chunk and data-section CRCs; problems as messages naming the
+    file and the offset. A damaged chunk is skipped, reading goes on; a truncated file stops the scan.
+    ``on_record(record)`` receives the records (schemas, channels, messages) of the readable part in file order."""
+    from mcap.records import Chunk, DataEnd, Footer
+    from mcap.stream_reader import StreamReader, breakup_chunk
+
+    problems: list[str] = []
+    crc_seen = False
+    with open(path, "rb") as f:
+        reader = StreamReader(f, emit_chunks=True, validate_crcs=True)
+        records = reader.records
+        while True:
+            offset = f.tell()
+            try:
+                record = next(records)
+            except StopIteration:
+                break
+            except Exception as exc:  # truncated record, bad magic, data-section CRC mismatch
+                problems.append(f"{path}: unreadable from about byte {offset} ({type(exc).__name__}: {exc})")
+                break
+            if isinstance(record, Chunk):
+                crc_seen = crc_seen or record.uncompressed_crc != 0
+                try:
+                    inner = breakup_chunk(record, validate_crc=True)
+                except Exception as exc:
+                    problems.append(f"{path}: chunk before byte {f.tell()} is damaged ({exc}); its messages are lost")
+                    continue
+                for item in inner:
+                    if on_record is not None:
+                        on_record(item)
+            elif isinstance(record, DataEnd):
+                crc_seen = crc_seen or record.data_section_crc != 0
+            elif isinstance(record, Footer):
+                break
+            elif on_record is not None:
+                on_record(record)
+    if not problems and not crc_seen:
+        problems.append(f"{path}: carries no CRCs (written by an older tool): damage cannot be detected")
+    return problems
+
+
+def check_bag(path: str | Path) -> list[str]:
+    """Integrity problems of a bag (directory or file): MCAP CRCs of every chunk and of the data section, sqlite3
+    ``PRAGMA integrity_check``. Empty when the bag is sound."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.glob("*.mcap")) + sorted(path.glob("*.db3"))
+    problems: list[str] = []
+    for file in files:
+        if file.suffix == ".mcap":
+            problems += _scan_mcap(file)
+        elif file.suffix == ".db3":
+            import sqlite3
+
+            try:
+                with sqlite3.connect(f"file:{file}?mode=ro", uri=True) as db:
+                    rows = [r[0] for r in db.execute("PRAGMA integrity_check").fetchall()]
+            except sqlite3.DatabaseError as exc:
+                rows = [str(exc)]
+            if rows != ["ok"]:
+                problems.append(f"{file}: sqlite integrity check failed: {'; '.join(rows[:3])}")
+    return problems
+
+
+@dataclass
+class RecoveryReport:
+    messages: int
+    topics: dict[str, int]
+    problems: list[str]
+
+
+def recover_mcap(partial: str | Path, out: str | Path, distro: str = "kilted") -> RecoveryReport:
+    """Salvage an unfinished or damaged MCAP file (a recording killed before it was finalised) into a new, complete
+    bag directory ``out``: every message of every intact chunk, with its channel's type, definition, type hash and
+    QoS. ``out`` must not exist; it is written under a temporary name and renamed when complete."""
+    from mcap.records import Channel, Message, Schema
+    from rosbags.rosbag2.metadata import parse_qos
+
+    partial, out = Path(partial), Path(out)
+    if not partial.is_file():
+        raise FileNotFoundError(f"no such MCAP file: {partial}")
+    if out.exists():
+        raise FileExistsError(f"{out} exists already")
+    tmp = out.parent / f".recovering-{out.name}-{os.getpid()}"
+    writer = open_writer(tmp / out.name, distro=distro)
+    writer.open()
+    schemas: dict[int, Any] = {}
+    channels: dict[int, Any] = {}
+    connections: dict[int, Any] = {}
+    counts: dict[str, int] = {}
+
+    def on_record(record) -> None:
+        if isinstance(record, Schema):
+            schemas[record.id] = record
+        elif isinstance(record, Channel):
+            channels[record.id] = record
+        elif isinstance(record, Message):
+            channel = channels.get(record.channel_id)
+            schema = schemas.get(channel.schema_id) if channel is not None else None
+            if schema is None:
+                return
+            if record.channel_id not in connections:
+                qos_text = channel.metadata.get("offered_qos_profiles", "")
+                connections[record.channel_id] = writer.add_connection(
+                    channel.topic,
+                    schema.name,
+                    msgdef=schema.data.decode(),
+                    rihs01=channel.metadata.get("topic_type_hash") or "RIHS01_" + "0" * 64,
+                    serialization_format=channel.message_encoding,
+                    offered_qos_profiles=parse_qos(qos_text) if qos_text else [],
+                )
+            writer.write(connections[record.channel_id], record.log_time, record.data)
+            counts[channel.topic] = counts.get(channel.topic, 0) + 1
+
+    try:
+        problems = _scan_mcap(partial, on_record)
+        writer.close()
+        (tmp / out.name).rename(out)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return RecoveryReport(sum(counts.values()), counts, problems)

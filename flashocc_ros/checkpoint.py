@@ -10,7 +10,6 @@ refused before anything is executed.
 from __future__ import annotations
 
 import pickle
-import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from functools import cache
@@ -64,6 +63,7 @@ def read_checkpoint_file(path: str | Path) -> object:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
+    _check_torch_format(path)
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -75,8 +75,43 @@ def read_checkpoint_file(path: str | Path) -> object:
             f"checkpoint {path}: refused to load: it holds pickled objects other than tensors and plain containers "
             f"(loading it would execute code). Re-save only the state_dict. Details: {_detail(text)}"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path}: not a readable torch file ({exc})") from exc
+    except Exception as exc:  # torch's unpickler fails in many ways on damaged files (KeyError, IndexError, ...)
+        raise CheckpointError(f"checkpoint {path}: not a readable torch file ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_torch_format(path: Path) -> None:
+    """A PyTorch checkpoint is a zip archive (torch.save since 1.6) or a pickle (legacy format, first byte 0x80);
+    anything else (a YAML or text file, an ONNX model, ...) is named as such before torch tries to unpickle it."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return
+    kind = "an empty file" if not head else "a text file" if _looks_like_text(path) else f"starts with {head!r}"
+    raise CheckpointError(
+        f"checkpoint {path}: not a PyTorch checkpoint ({kind}; expected a torch.save zip archive or pickle, "
+        "e.g. the official FlashOcc .pth)"
+    )
+
+
+def _looks_like_text(path: Path) -> bool:
+    with open(path, "rb") as f:
+        block = f.read(4096)
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in block
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """CheckpointError naming the floating-point tensors that hold NaN or infinity (at most MAX_LISTED_KEYS)."""
+    bad = [
+        f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()} values)"
+        for k, v in state_dict.items()
+        if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise CheckpointError(f"{source}: non-finite weights (NaN or inf) in {_short(bad)}")
 
 
 def extract_state_dict(obj: object, source: str = "checkpoint") -> tuple[OrderedDict, str | None]:
@@ -103,6 +138,7 @@ def extract_state_dict(obj: object, source: str = "checkpoint") -> tuple[Ordered
         raise CheckpointError(f"{source}: state_dict entries that are not tensors: {_short(non_tensors)}")
     if all(k.startswith("module.") for k in tensors):
         tensors = OrderedDict((k[len("module.") :], v) for k, v in tensors.items())
+    check_finite(tensors, source)
     return tensors, stored_variant
 
 

@@ -94,7 +94,17 @@ def _grid(npz: Any, key: str, path: Path, check) -> np.ndarray:
     """npz[key] through one of the `flashocc_ros.grids` checks, errors as EvaluationError naming file and key."""
     if key not in npz.files:
         raise EvaluationError(f"{path}: missing key {key!r} (has {', '.join(npz.files) or 'nothing'})")
-    return check(npz[key], f"{path}: key {key!r}", error=EvaluationError)
+    try:
+        array = npz[key]  # read lazily: a damaged member (bad CRC) or a pickled object array fails only here
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise EvaluationError(
+                f"{path}: key {key!r} is a pickled object array; refused (loading pickles can execute code)"
+            ) from None
+        raise EvaluationError(f"{path}: key {key!r} cannot be read ({exc})") from None
+    except Exception as exc:  # zipfile.BadZipFile (CRC), zlib errors, truncated members
+        raise EvaluationError(f"{path}: key {key!r} cannot be read ({type(exc).__name__}: {exc})") from None
+    return check(array, f"{path}: key {key!r}", error=EvaluationError)
 
 
 def load_ground_truth(path: str | Path, need_instances: bool = False) -> GroundTruth:

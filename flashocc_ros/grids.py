@@ -26,11 +26,14 @@ def _shaped(array, where: str, shape: tuple[int, ...], error: type[Exception]) -
 def check_labels(
     array, where: str, shape: tuple[int, ...] = OCC_GRID.shape, error: type[Exception] = GridError
 ) -> np.ndarray:
-    """A class-index grid (integers 0..NUM_CLASSES-1) as uint8."""
+    """A class-index grid (integers 0..NUM_CLASSES-1, any integer dtype) as uint8. bool is refused: a bool grid is
+    a mask (e.g. ``labels != 17``), and reading it as classes 0/1 would score garbage without a word."""
     array = _shaped(array, where, shape, error)
-    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+    if array.dtype == np.bool_:
+        raise error(f"{where}: dtype bool, expected integer class indices 0..{NUM_CLASSES - 1} (a bool grid is a mask)")
+    if not np.issubdtype(array.dtype, np.integer):
         raise error(f"{where}: dtype {array.dtype}, expected integer class indices")
-    if array.size and array.dtype != np.bool_:
+    if array.size:
         lo, hi = int(array.min()), int(array.max())
         if lo < 0 or hi >= NUM_CLASSES:
             raise error(f"{where}: class index {lo if lo < 0 else hi} is outside 0..{NUM_CLASSES - 1}")

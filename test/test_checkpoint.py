@@ -98,8 +98,13 @@ def test_unreadable_and_non_tensor_files(tmp_path):
         load_checkpoint(tmp_path / "missing.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable torch file"):
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         load_checkpoint(junk)
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"state_dict": {"a.weight": torch.zeros(100)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-200])
+    with pytest.raises(CheckpointError, match="not a readable torch file"):
+        load_checkpoint(truncated)
     odd = tmp_path / "odd.pth"
     torch.save({"state_dict": {"a.weight": torch.zeros(1), "b": 3}}, odd)
     with pytest.raises(CheckpointError, match="not tensors: b"):
@@ -119,3 +124,29 @@ def test_convert_tool_writes_clean_file_with_variant(tmp_path, m0_sd, capsys):
     assert convert_checkpoint.main([str(dst), str(tmp_path / "x.pth"), "--variant", "PT"]) == 2
     assert "DO match variant 'flashocc-r50-M0'" in capsys.readouterr().err
     assert not (tmp_path / "x.pth").exists() and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "content", [b"hello world\n", b"model:\n  variant: flashocc-r50-M0\n", b"", b"\x00\x01binary junk"]
+)
+def test_a_file_that_is_not_a_torch_checkpoint_is_named_so(tmp_path, content):
+    path = tmp_path / "model.yaml"
+    path.write_bytes(content)
+    pattern = r"model.yaml: not a PyTorch checkpoint \((a text file|an empty file|starts)"
+    with pytest.raises(CheckpointError, match=pattern):
+        load_checkpoint(path)
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, m0_sd):
+    sd = OrderedDict(m0_sd)
+    key = next(k for k, v in sd.items() if v.is_floating_point() and v.numel() > 4)
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[:3] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save({"state_dict": sd}, path)
+    with pytest.raises(CheckpointError, match=rf"non-finite weights \(NaN or inf\) in {key} \(3 of"):
+        load_checkpoint(path)
+    sd[key] = torch.full_like(sd[key], float("inf"))
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=f"non-finite weights .* in {key}"):
+        load_checkpoint(path)

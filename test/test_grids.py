@@ -26,6 +26,7 @@ def test_good_grids_come_back_in_their_canonical_dtypes():
     [
         (check_labels, np.zeros((200, 200, 15), np.uint8), r"f\.npz: key 'pred': shape \(200, 200, 15\), expected"),
         (check_labels, np.zeros(OCC_GRID.shape, np.float32), r"dtype float32, expected integer class indices"),
+        (check_labels, np.zeros(OCC_GRID.shape, bool), r"dtype bool, expected integer class indices 0\.\.17"),
         (check_labels, np.full(OCC_GRID.shape, 18, np.int32), r"class index 18 is outside 0\.\.17"),
         (check_labels, np.full(OCC_GRID.shape, -1, np.int32), r"class index -1 is outside 0\.\.17"),
         (check_panoptic, np.full(OCC_GRID.shape, -3, np.int64), r"negative panoptic id -3"),

@@ -3,8 +3,11 @@
 Two steps so that parallel workers never need the (large) devkit object: `plan_scene` turns a scene's tables into
 a small picklable `ScenePlan` (file names, stamps, poses, calibration, sample identity), and `write_scene_bag`
 streams the plan into a bag, reading JPEG / .pcd.bin / labels.npz files as it goes. JPEG bytes are copied, never
-re-encoded. Each bag is written under a temporary directory in the output folder and renamed into place only
-when complete; an existing finished bag is skipped.
+re-encoded (a JPEG without its end-of-image marker is copied with a warning naming the file). Each bag is written
+under a temporary directory in the output folder and renamed into place only when complete; an existing finished
+bag of ours is skipped (or replaced with --overwrite); anything else at ``<out>/<scene>`` is never touched: that
+scene fails with a message. Temporary directories left by a killed run are removed by the next run (only those
+carrying our marker file whose process is gone) and reported.
 
 Bag content and conventions are described in `flashocc_ros.bagio` and docs/converter.md.
 """
@@ -28,6 +31,8 @@ from flashocc_ros.config import CAMERA_NAMES, OCC_GRID
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 PARTIAL_PREFIX = ".partial-"
+PARTIAL_MARKER = ".flashocc-nusc2bag"  # in every temporary directory we create: "<pid> <scene>"
+SCENE_CUSTOM_KEY = "flashocc_ros.scene"  # custom_data key naming the scene of a bag we wrote
 GT_KEYS = ("semantics", "mask_camera", "mask_lidar")
 
 
@@ -80,6 +85,7 @@ class SceneResult:
     seconds: float = 0.0
     error: str = ""
     topic_counts: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,20 +225,59 @@ def is_complete_bag(path: Path) -> bool:
     return (path / "metadata.yaml").is_file()
 
 
+def existing_output(path: Path, scene_name: str) -> str:
+    """What is at a scene's output path: 'absent', 'ours' (a finished bag this converter wrote for the scene) or
+    'foreign' (anything else: a file, a folder that is not a bag, another bag)."""
+    if not path.exists() and not path.is_symlink():
+        return "absent"
+    if path.is_dir() and not path.is_symlink() and is_complete_bag(path):
+        try:
+            if bagio.bag_custom_data(path).get(SCENE_CUSTOM_KEY) == scene_name:
+                return "ours"
+        except Exception:  # unreadable metadata.yaml: not something we can vouch for
+            pass
+    return "foreign"
+
+
+def _refusal(path: Path, scene_name: str) -> str:
+    what = "a file" if path.is_file() else "not a bag written by flashocc-nusc2bag for this scene"
+    return (
+        f"{scene_name}: {path} exists and is {what}; it was left untouched "
+        "(move it away or choose another --out; --overwrite only replaces our own bags)"
+    )
+
+
+def _pre_check(path: Path, scene_name: str, options: ConvertOptions) -> SceneResult | None:
+    """Skip a finished bag of ours (unless --overwrite); refuse anything else in the way; None: go ahead."""
+    state = existing_output(path, scene_name)
+    if state == "ours" and not options.overwrite:
+        return SceneResult(scene_name, "skipped", path)
+    if state == "foreign":
+        return SceneResult(scene_name, "failed", error=_refusal(path, scene_name))
+    return None
+
+
 def write_scene_bag(plan: ScenePlan, out_dir: Path, options: ConvertOptions) -> SceneResult:
     """Write one scene's bag to `<out_dir>/<scene_name>` via a temporary directory; never raises for bad input."""
     start = time.perf_counter()
     final = bag_path(out_dir, plan.scene_name)
-    if is_complete_bag(final) and not options.overwrite:
-        return SceneResult(plan.scene_name, "skipped", final)
+    early = _pre_check(final, plan.scene_name, options)
+    if early is not None:
+        return early
     tmp_parent = Path(out_dir) / f"{PARTIAL_PREFIX}{plan.scene_name}-{os.getpid()}"
-    shutil.rmtree(tmp_parent, ignore_errors=True)
+    if tmp_parent.exists():  # our own pid: a leftover of this very process id, never someone else's live run
+        if not (tmp_parent / PARTIAL_MARKER).is_file():
+            return SceneResult(plan.scene_name, "failed", error=f"{plan.scene_name}: {tmp_parent} is in the way")
+        shutil.rmtree(tmp_parent)
     tmp_parent.mkdir(parents=True)
+    (tmp_parent / PARTIAL_MARKER).write_text(f"{os.getpid()} {plan.scene_name}\n")
     try:
         result = _write(plan, tmp_parent / plan.scene_name, options)
-        if final.exists():  # --overwrite: swap in the new bag, then drop the old one
-            old = tmp_parent / "old"
-            final.rename(old)
+        state = existing_output(final, plan.scene_name)  # again: another process may have written it meanwhile
+        if state == "foreign":
+            raise ConversionError(_refusal(final, plan.scene_name))
+        if state == "ours":  # --overwrite: swap in the new bag, then drop the old one (ours)
+            final.rename(tmp_parent / "old")
         (tmp_parent / plan.scene_name).rename(final)
         result.path = final
     except ConversionError as exc:
@@ -243,6 +288,59 @@ def write_scene_bag(plan: ScenePlan, out_dir: Path, options: ConvertOptions) -> 
         shutil.rmtree(tmp_parent, ignore_errors=True)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def clean_stale_partials(out_dir: Path) -> list[str]:
+    """Remove temporary directories a killed run left in `out_dir`; returns one message per directory found.
+
+    Only directories carrying our marker whose process is gone are removed. When a run was killed while swapping
+    in an --overwrite bag, the previous bag (``old``) is moved back first if the scene's path is free. Anything
+    else named like a temporary directory is only reported."""
+    notes = []
+    for tmp in sorted(Path(out_dir).glob(f"{PARTIAL_PREFIX}*")):
+        marker = tmp / PARTIAL_MARKER
+        if not tmp.is_dir() or tmp.is_symlink() or not marker.is_file():
+            notes.append(f"{tmp}: not created by this converter (no {PARTIAL_MARKER}); left untouched")
+            continue
+        try:
+            pid_text, scene_name = marker.read_text().split()[:2]
+            pid = int(pid_text)
+        except ValueError:
+            notes.append(f"{tmp}: unreadable {PARTIAL_MARKER}; left untouched")
+            continue
+        if pid != os.getpid() and _process_alive(pid):
+            notes.append(f"{tmp}: process {pid} is still running (another conversion?); left untouched")
+            continue
+        old, final = tmp / "old", bag_path(out_dir, scene_name)
+        if old.is_dir() and not final.exists():
+            old.rename(final)
+            notes.append(f"{tmp}: restored the previous bag of {scene_name} to {final} (run killed mid-swap)")
+        elif old.exists():
+            notes.append(f"{tmp}: holds a previous bag of {scene_name} while {final} exists; left untouched")
+            continue
+        shutil.rmtree(tmp)
+        notes.append(f"removed {tmp}: unfinished bag of {scene_name} left by a run that was killed (pid {pid})")
+    return notes
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def jpeg_problem(data: bytes) -> str | None:
+    """Why `data` is not a complete JPEG (no start-of-image marker, or no end-of-image marker: truncated), else
+    None. Trailing zero padding after the end marker is accepted."""
+    if not data.startswith(b"\xff\xd8"):
+        return "does not start with the JPEG start-of-image marker (FF D8)"
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return "has no JPEG end-of-image marker (FF D9): the file is truncated"
+    return None
 
 
 def _read_file(plan: ScenePlan, relative: str, what: str) -> bytes:
@@ -298,7 +396,7 @@ def _write(plan: ScenePlan, path: Path, options: ConvertOptions) -> SceneResult:
             counts[topic] = counts.get(topic, 0) + 1
 
         writer.set_custom_data(bagio.SAMPLES_CUSTOM_KEY, bagio.samples_to_custom_data(plan.samples))
-        writer.set_custom_data("flashocc_ros.scene", plan.scene_name)
+        writer.set_custom_data(SCENE_CUSTOM_KEY, plan.scene_name)
 
         first_ns = min(
             [bagio.ns_from_us(f.timestamp_us) for f in plan.frames[:1]] + [s.stamp_ns for s in plan.samples[:1]]
@@ -329,6 +427,11 @@ def _write(plan: ScenePlan, path: Path, options: ConvertOptions) -> SceneResult:
                     continue
                 data = _read_file(plan, item.filename, "image")
                 result.input_bytes += len(data)
+                problem = jpeg_problem(data)
+                if problem is not None:
+                    result.warnings.append(
+                        f"{plan.scene_name}: {plan.dataroot / item.filename} {problem}; copied as it is"
+                    )
                 frame = bagio.sensor_frame(item.channel)
                 width, height = plan.image_size[item.channel]
                 write(
@@ -401,11 +504,13 @@ def convert(
     split: str | None = None,
     jobs: int = 1,
     on_result: Callable[[SceneResult], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> list[SceneResult]:
     """Convert scenes (all of the version when neither `scene_names` nor `split` is given) into `out_dir`.
 
     Raises ConversionError for run-level bad input (dataroot, version, split, storage, distro, GT folder); bad input
-    of one scene (unknown name, missing file) is reported in that scene's result while the other scenes convert.
+    of one scene (unknown name, missing file, something else at its output path) is reported in that scene's
+    result while the other scenes convert. `on_note` receives the stale temporary directories found (and removed).
     """
     if options.storage not in bagio.STORAGES:
         raise ConversionError(f"--storage {options.storage}: not one of {', '.join(bagio.STORAGES)}")
@@ -419,7 +524,14 @@ def convert(
     elif scene_names is None:
         scene_names = [s["name"] for s in nusc.scene]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"--out {out}: exists and is not a directory (the output is one bag folder per scene)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConversionError(f"--out {out}: cannot create the output folder ({exc.strerror or exc})") from None
+    for note in clean_stale_partials(out):
+        (on_note or (lambda text: print(text, file=sys.stderr)))(note)
 
     results: list[SceneResult] = []
 
@@ -430,8 +542,9 @@ def convert(
 
     plans = []
     for name in dict.fromkeys(scene_names):  # unique, in order
-        if is_complete_bag(bag_path(out, name)) and not options.overwrite:
-            done(SceneResult(name, "skipped", bag_path(out, name)))
+        early = _pre_check(bag_path(out, name), name, options)
+        if early is not None:
+            done(early)
             continue
         try:
             plans.append(plan_scene(nusc, name, options))

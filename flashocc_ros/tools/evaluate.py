@@ -154,6 +154,14 @@ def run(args: argparse.Namespace) -> ev.EvaluationResult:
         raise ev.EvaluationError(
             f"{len(missing_gt)} predictions have no ground truth in {args.gt_dir} (first: {missing_gt[0]})"
         )
+    if not args.split:
+        without = len(gt_index.keys() - set(tokens))
+        if without:
+            print(
+                f"note: {without} of the {len(gt_index)} ground-truth samples in {args.gt_dir} have no prediction; "
+                f"scoring the {len(tokens)} that have one (--split S requires every sample of a split)",
+                file=sys.stderr,
+            )
     gt_has_inst = False
     if args.metric in ("raypq", "all"):
         sample_gt = pano_index.get(tokens[0])

@@ -31,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lidar", action="store_true", help="add LIDAR_TOP point clouds (all 20 Hz sweeps)")
     p.add_argument("--occ3d-gts", type=Path, help="Occ3D gts folder (<scene>/<sample_token>/labels.npz)")
     p.add_argument("--jobs", type=int, default=1, help="scenes converted in parallel processes")
-    p.add_argument("--overwrite", action="store_true", help="rewrite finished bags instead of skipping them")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rewrite finished bags this converter wrote instead of skipping them (nothing else is ever replaced)",
+    )
     return p
 
 
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def report(result: SceneResult) -> None:
         bar.update(1)
+        for warning in result.warnings:
+            tqdm.write(f"warning: {warning}", file=sys.stderr)
         if result.status == "failed":
             tqdm.write(f"FAILED  {result.error}", file=sys.stderr)
         elif result.status == "skipped":
@@ -64,7 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         results = convert(
-            args.dataroot, args.version, scenes, args.out, options, split=args.split, jobs=args.jobs, on_result=report
+            args.dataroot,
+            args.version,
+            scenes,
+            args.out,
+            options,
+            split=args.split,
+            jobs=args.jobs,
+            on_result=report,
+            on_note=lambda text: tqdm.write(f"note: {text}", file=sys.stderr),
         )
     except ConversionError as exc:
         bar.close()
@@ -81,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in failed:
         print(f"failed: {r.error}", file=sys.stderr)
+    warnings = sum(len(r.warnings) for r in results)
+    if warnings:
+        print(f"{warnings} warnings (see above): the bags hold the input as it is", file=sys.stderr)
     return 1 if failed else 0
 
 

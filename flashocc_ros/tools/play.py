@@ -1,7 +1,8 @@
 """flashocc-play: replay a rosbag2 bag into a live ROS 2 graph without rosbag2 (rosbags reader + rclpy).
 
 Messages are published as the recorded CDR bytes (no deserialization) on publishers created with each topic's
-recorded QoS (reliability, durability, history, depth), paced by the bag's log times.
+recorded QoS (reliability, durability, history, depth), paced by the bag's log times. The bag is checked first
+(MCAP chunk and data-section CRCs, sqlite integrity): a damaged bag is refused (exit 2) naming the problem.
 
   flashocc-play bags/scene-0103 --rate 0.5 --clock --wait-for-subscribers
 
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="before playing, wait until every topic has a subscriber (at most --wait-timeout seconds)",
     )
     p.add_argument("--wait-timeout", type=float, default=20.0)
+    p.add_argument(
+        "--no-check", action="store_true", help="skip the integrity check (MCAP CRCs, sqlite integrity) before playing"
+    )
     p.add_argument("--loops", type=int, default=0, help=argparse.SUPPRESS)  # with --loop: stop after N passes
     return p
 
@@ -127,8 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         topics = bag_topics(args.bag)
+        problems = [] if args.no_check else bagio.check_bag(args.bag)
     except Exception as exc:
         print(f"flashocc-play: error: cannot open bag {args.bag}: {exc}", file=sys.stderr)
+        return 2
+    damaged = [p for p in problems if "carries no CRCs" not in p]
+    for problem in problems:
+        print(f"flashocc-play: {'error' if problem in damaged else 'warning'}: {problem}", file=sys.stderr)
+    if damaged:
+        print(
+            f"flashocc-play: error: {args.bag} is damaged; not played (--no-check plays the readable part, "
+            "flashocc-record --recover FILE.mcap --out NEW salvages the intact chunks)",
+            file=sys.stderr,
+        )
         return 2
     if args.topics:
         unknown = sorted(set(args.topics) - {t.topic for t in topics})

@@ -276,3 +276,79 @@ def test_bags_open_with_plain_rosbags_reader_and_embed_definitions(bags, synthet
         _, _, raw = next(reader.messages(connections=[conn]))
         msg = reader.deserialize(raw, conn.msgtype)
         assert msg.labels.size == np.prod(OCC_GRID.shape)
+
+
+def _argv(ds, out, *extra):
+    return ["--dataroot", str(ds.dataroot), "--version", ds.version, "--out", str(out), *extra]
+
+
+def test_a_folder_that_is_not_our_bag_is_never_deleted(small_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "scene-0103").mkdir(parents=True)
+    (out / "scene-0103" / "notes.txt").write_text("keep")
+    (out / "scene-0916").write_text("a file where the bag would go")
+    for extra in ([], ["--overwrite"]):
+        assert cli.main(_argv(small_dataset, out, "--scenes", "scene-0103,scene-0916", *extra)) == 1
+        err = capsys.readouterr().err
+        assert f"scene-0103: {out / 'scene-0103'} exists and is not a bag written by flashocc-nusc2bag" in err
+        assert f"scene-0916: {out / 'scene-0916'} exists and is a file" in err
+        assert (out / "scene-0103" / "notes.txt").read_text() == "keep"
+        assert (out / "scene-0916").read_text() == "a file where the bag would go"
+        assert sorted(p.name for p in out.iterdir()) == ["scene-0103", "scene-0916"]
+
+
+def test_overwrite_replaces_only_our_own_bag(small_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(_argv(small_dataset, out, "--scenes", "scene-0103")) == 0
+    bag = out / "scene-0103"
+    first = sorted(p.name for p in bag.iterdir())
+    assert cli.main(_argv(small_dataset, out, "--scenes", "scene-0103", "--overwrite")) == 0
+    assert "1 written, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert sorted(p.name for p in bag.iterdir()) == first
+    # another bag (not ours for this scene) under the scene's name is refused even with --overwrite
+    (out / "scene-0916").mkdir()
+    (out / "scene-0916" / "metadata.yaml").write_text("rosbag2_bagfile_information: {custom_data: null}\n")
+    assert cli.main(_argv(small_dataset, out, "--scenes", "scene-0916", "--overwrite")) == 1
+    assert "is not a bag written by flashocc-nusc2bag" in capsys.readouterr().err
+    assert [p.name for p in (out / "scene-0916").iterdir()] == ["metadata.yaml"]
+
+
+def test_out_that_is_a_file_is_one_clear_error(small_dataset, tmp_path, capsys):
+    target = tmp_path / "bags.txt"
+    target.write_text("mine")
+    assert cli.main(_argv(small_dataset, target)) == 2
+    err = capsys.readouterr().err
+    assert f"flashocc-nusc2bag: error: --out {target}: exists and is not a directory" in err
+    assert "Traceback" not in err and target.read_text() == "mine"
+
+
+def test_truncated_jpeg_is_copied_with_a_warning_naming_it(small_dataset, tmp_path, capsys):
+    victim = next((small_dataset.dataroot / "samples" / "CAM_FRONT").glob("*.jpg"))
+    victim.write_bytes(victim.read_bytes()[:-100])
+    assert cli.main(_argv(small_dataset, tmp_path / "out")) == 0
+    err = capsys.readouterr().err
+    assert "warning: scene-" in err and f"{victim} has no JPEG end-of-image marker" in err
+    assert "1 warnings (see above)" in err
+
+
+def test_rerun_cleans_stale_partials_of_killed_runs_and_reports_them(small_dataset, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f"{PARTIAL_PREFIX}scene-0103-{dead.pid}"
+    (stale / "scene-0103").mkdir(parents=True)
+    (stale / "scene-0103" / "scene-0103.mcap").write_bytes(b"\x89MCAP0\r\n half")
+    (stale / ".flashocc-nusc2bag").write_text(f"{dead.pid} scene-0103\n")
+    foreign = out / f"{PARTIAL_PREFIX}mine"
+    foreign.mkdir()
+    (foreign / "data.txt").write_text("not the converter's")
+    assert cli.main(_argv(small_dataset, out, "--scenes", "scene-0103")) == 0
+    err = capsys.readouterr().err
+    assert f"note: removed {stale}: unfinished bag of scene-0103 left by a run that was killed (pid {dead.pid})" in err
+    assert f"note: {foreign}: not created by this converter" in err
+    assert not stale.exists() and (foreign / "data.txt").read_text() == "not the converter's"
+    assert sorted(p.name for p in out.iterdir()) == [foreign.name, "scene-0103"]

@@ -213,3 +213,68 @@ def test_panoptic_bag_gives_the_same_raypq_as_files(data, tmp_path):
     assert set(from_dir) >= {"mIoU", "RayIoU", "RayPQ", "RayPQ@1"}
     assert from_bag == from_dir
     assert 0 < from_dir["RayPQ"] < 100
+
+
+def _pred_dir_with(tmp_path, preds, name, transform):
+    folder = tmp_path / name
+    folder.mkdir()
+    for token, sem in preds.items():
+        np.savez(folder / f"{token}.npz", pred=transform(sem))
+    return folder
+
+
+@pytest.mark.parametrize("dtype", [bool, np.float32])
+def test_wrong_dtype_prediction_is_an_error_naming_the_dtype(data, tmp_path, capsys, dtype):
+    ds, _, preds = data
+    folder = _pred_dir_with(tmp_path, preds, "preds", lambda sem: (sem != FREE_INDEX).astype(dtype))
+    out = tmp_path / "r.json"
+    assert main(["miou", "--pred-dir", str(folder), "--gt-dir", str(ds.occ3d_gts_dir), "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"key 'pred': dtype {np.dtype(dtype).name}, expected integer class indices" in err
+    assert not out.exists()
+
+
+def test_damaged_or_pickled_npz_is_the_one_line_error(data, tmp_path, capsys):
+    ds, pred_dir, preds = data
+    token = next(iter(preds))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    np.savez(bad / f"{token}.npz", pred=preds[token])
+    raw = bytearray((bad / f"{token}.npz").read_bytes())
+    raw[300] ^= 0xFF  # inside the stored array: the zip member's CRC no longer matches
+    (bad / f"{token}.npz").write_bytes(bytes(raw))
+    assert main(["miou", "--pred-dir", str(bad), "--gt-dir", str(ds.occ3d_gts_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{token}.npz: key 'pred' cannot be read (BadZipFile: Bad CRC-32" in err and "Traceback" not in err
+    np.savez(bad / f"{token}.npz", pred=np.array([{"x": 1}], dtype=object))
+    assert main(["miou", "--pred-dir", str(bad), "--gt-dir", str(ds.occ3d_gts_dir), "--no-progress"]) == 2
+    assert f"{token}.npz: key 'pred' is a pickled object array; refused" in capsys.readouterr().err
+
+
+def test_scoring_a_subset_says_how_many_samples_have_no_prediction(data, tmp_path, capsys):
+    ds, _, preds = data
+    half = dict(list(preds.items())[:3])
+    folder = _pred_dir_with(tmp_path, half, "half", lambda sem: sem)
+    assert main(["miou", "--pred-dir", str(folder), "--gt-dir", str(ds.occ3d_gts_dir), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert f"note: 3 of the 6 ground-truth samples in {ds.occ3d_gts_dir} have no prediction; scoring the 3" in (
+        captured.err
+    )
+    assert "3 samples: mIoU" in captured.out
+
+
+def test_ground_truth_values_outside_the_classes_are_an_error(data, tmp_path, capsys):
+    """Occ3D GT holds 0..17 only; another value means a wrong file, so it is refused (docs/evaluation.md)."""
+    ds, pred_dir, preds = data
+    token = next(iter(preds))
+    entry = ev.index_ground_truth(ds.occ3d_gts_dir)[token]
+    gts = tmp_path / "gts" / entry.scene_name / token
+    gts.mkdir(parents=True)
+    with np.load(entry.path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["semantics"][0, 0, 0] = 255
+    np.savez(gts / "labels.npz", **arrays)
+    one = _pred_dir_with(tmp_path, {token: preds[token]}, "one", lambda sem: sem)
+    assert main(["miou", "--pred-dir", str(one), "--gt-dir", str(tmp_path / "gts"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "labels.npz: key 'semantics': class index 255 is outside 0..17" in err and "Traceback" not in err

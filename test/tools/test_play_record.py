@@ -152,3 +152,112 @@ def test_live_subscriber_gets_images_clock_and_latched_tf_static(scene_bag, synt
     assert first_pass == sorted(first_pass)
     assert statics, "no /tf_static from the player"
     assert {t.child_frame_id for t in statics[0].transforms} >= {"CAM_FRONT", "LIDAR_TOP"}
+
+
+def _start_publishers(ctx, topic: str):
+    """Two publishers on one topic offering different QoS, publishing from a background executor."""
+    import threading
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    node = rclpy.create_node("two_publishers", context=ctx)
+    pubs = [
+        node.create_publisher(String, topic, QoSProfile(depth=7, reliability=ReliabilityPolicy.RELIABLE)),
+        node.create_publisher(String, topic, QoSProfile(depth=3, reliability=ReliabilityPolicy.BEST_EFFORT)),
+    ]
+    node.create_timer(0.01, lambda: [p.publish(String(data="x" * 2000)) for p in pubs])
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    return executor, node
+
+
+def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 30.0) -> list[str]:
+    import threading
+
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    wait_for(lambda: any(text in ln for ln in lines), timeout, what=f"{text!r} from {proc.args[2]}")
+    return lines
+
+
+@pytest.mark.ros
+def test_record_survives_repeated_ctrl_c_and_sigterm_and_keeps_every_qos(rclpy_context, ros_env, tmp_path):
+    import signal
+    import time
+
+    executor, node = _start_publishers(rclpy_context, "/multi")
+    try:
+        out = tmp_path / "run"
+        rec = tool("record", "--out", out, "/multi", env=ros_env)
+        lines = _wait_for_line(rec, "recording /multi")
+        time.sleep(1.0)
+        for _ in range(5):  # a burst of Ctrl-C, then SIGTERM, while the bag is being finalised
+            rec.send_signal(signal.SIGINT)
+        rec.send_signal(signal.SIGTERM)
+        rec.wait(timeout=30)
+        time.sleep(0.2)
+        text = "".join(lines)
+        assert rec.returncode == 0, text
+        assert "Traceback" not in text and "signal ignored" in text
+        assert bagio.check_bag(out) == []
+        counts = bagio.topic_counts(out)
+        assert counts["/multi"][1] > 10
+        with bagio.open_reader(out) as reader:
+            (conn,) = reader.connections
+        offered = sorted(q.reliability.name for q in conn.ext.offered_qos_profiles)  # DDS discovery has no depth
+        assert offered == ["BEST_EFFORT", "RELIABLE"], conn.ext.offered_qos_profiles
+        assert not list(tmp_path.glob(".partial-*"))
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+
+
+@pytest.mark.ros
+def test_after_sigkill_the_recording_is_recovered_and_a_rerun_mentions_it(rclpy_context, ros_env, tmp_path):
+    import signal
+    import time
+
+    executor, node = _start_publishers(rclpy_context, "/multi")
+    try:
+        out = tmp_path / "run"
+        rec = tool("record", "--out", out, "/multi", "--flush-interval", 0.2, env=ros_env)
+        _wait_for_line(rec, "recording /multi")
+        time.sleep(1.5)
+        rec.send_signal(signal.SIGKILL)
+        rec.wait(timeout=10)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+    (partial,) = tmp_path.glob(f".partial-run-{rec.pid}/run/run.mcap")
+    with pytest.raises(Exception):  # noqa: B017 - unfinished: no summary, no footer
+        list(bagio.iter_messages(partial))
+    rerun = tool("record", "--out", out, "/nothing", "--duration", 0.5, env=ros_env)
+    assert f"{partial.parent.parent} is an unfinished recording of a killed run" in finish(rerun, 60)
+    (tmp_path / "run").rename(tmp_path / "empty_rerun")
+    recovered = tmp_path / "recovered"
+    proc = tool("record", "--recover", partial, "--out", recovered, env=ros_env)
+    text = finish(proc, 60)
+    assert "recovered" in text and bagio.check_bag(recovered) == []
+    assert bagio.topic_counts(recovered)["/multi"][1] > 20, text
+
+
+def test_play_refuses_a_damaged_bag_naming_the_problem(scene_bag, tmp_path, capsys):
+    import shutil
+
+    from flashocc_ros.tools import play
+
+    copy = tmp_path / "damaged"
+    shutil.copytree(scene_bag, copy)
+    (file,) = copy.glob("*.mcap")
+    data = bytearray(file.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(4096)
+    file.write_bytes(bytes(data))
+    assert play.main([str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"flashocc-play: error: {file}" in err and f"{copy} is damaged; not played" in err
