@@ -155,9 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args):
-    from flashocc_ros.config import load_config
-
-    from flashocc_ros.config import get_variant
+    from flashocc_ros.config import get_variant, load_config
 
     model: dict = {}
     try:
