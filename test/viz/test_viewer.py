@@ -182,18 +182,19 @@ def test_open3d_voxel_grid_positions_and_colours():
 
 @pytest.mark.skipif(not HAS_OPEN3D, reason="open3d not installed (optional `view` extra)")
 def test_open3d_visualizer_accepts_the_calls_the_viewer_makes():
-    """No window here: Open3D refuses to add geometry (returns False) but the calls' names and keywords exist."""
+    """No window here: Open3D refuses to add geometry (returns False), but the calls and keywords the viewer uses
+    are accepted (a renamed method or keyword raises)."""
     import open3d as o3d
 
     from flashocc_ros.viz.viewer import GLFW_KEYS, to_open3d
 
     vis = o3d.visualization.VisualizerWithKeyCallback()
     grid = to_open3d(prepare_geometry(frame()))
-    assert vis.add_geometry(grid, reset_bounding_box=False) in (True, False)
-    assert vis.remove_geometry(grid, reset_bounding_box=False) in (True, False)
+    assert vis.add_geometry(grid, reset_bounding_box=False) is False  # no window was created
+    assert vis.remove_geometry(grid, reset_bounding_box=False) is False
     for code in GLFW_KEYS.values():
         vis.register_key_callback(code, lambda _vis: False)
-    assert callable(vis.run) and callable(vis.close) and callable(vis.destroy_window)
+    vis.destroy_window()
 
 
 def test_display_problem():
