@@ -36,7 +36,8 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.storage_sqlite3 import Sqlite3Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from flashocc_ros.config import CLASS_NAMES, FREE_INDEX, OCC_GRID, CameraConfig, GridSpec, OutputConfig
+from flashocc_ros import topics
+from flashocc_ros.config import CLASS_NAMES, FREE_INDEX, OCC_GRID, GridSpec, OutputConfig
 from flashocc_ros.grids import check_labels, check_mask
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -62,26 +63,26 @@ INFERENCE_TIMING = f"{PACKAGE}/msg/InferenceTiming"
 
 MAP_FRAME = "map"
 EGO_FRAME = OutputConfig().ego_frame  # base_link
-TF_TOPIC = "/tf"
-TF_STATIC_TOPIC = "/tf_static"
-SAMPLE_TOPIC = "/nuscenes/sample"
-GROUND_TRUTH_TOPIC = "/occupancy/ground_truth"
-LIDAR_TOPIC = "/LIDAR_TOP/points"
-CLOCK_TOPIC = "/clock"
-# Node outputs (flashocc_node publishes these names).
-SEMANTIC_TOPIC = "/occupancy/semantic"
-PANOPTIC_TOPIC = "/occupancy/panoptic"
-TIMING_TOPIC = "/occupancy/timing"
+# Topic names live in flashocc_ros.topics; the ones the bag tools use are re-exported here.
+TF_TOPIC = topics.TF_TOPIC
+TF_STATIC_TOPIC = topics.TF_STATIC_TOPIC
+CLOCK_TOPIC = topics.CLOCK_TOPIC
+SAMPLE_TOPIC = topics.SAMPLE_TOPIC
+GROUND_TRUTH_TOPIC = topics.GROUND_TRUTH_TOPIC
+LIDAR_TOPIC = topics.LIDAR_TOPIC
+SEMANTIC_TOPIC = topics.SEMANTIC_TOPIC
+PANOPTIC_TOPIC = topics.PANOPTIC_TOPIC
+TIMING_TOPIC = topics.TIMING_TOPIC
 # Bag metadata custom_data key written by the converter: JSON list of the scene's samples (see SampleRecord).
 SAMPLES_CUSTOM_KEY = "flashocc_ros.samples"
 
 
 def image_topic(camera: str) -> str:
-    return CameraConfig().image_topic.format(camera=camera)
+    return topics.camera_topic(topics.COMPRESSED_IMAGE_TOPIC, camera)
 
 
 def camera_info_topic(camera: str) -> str:
-    return CameraConfig().info_topic.format(camera=camera)
+    return topics.camera_topic(topics.CAMERA_INFO_TOPIC, camera)
 
 
 def sensor_frame(channel: str) -> str:

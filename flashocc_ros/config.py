@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from flashocc_ros import topics
+
 # --------------------------------------------------------------------------------------------------------------
 # Occ3D-nuScenes grid
 # --------------------------------------------------------------------------------------------------------------
@@ -230,8 +232,8 @@ class CameraConfig:
     names: list[str] = field(default_factory=lambda: list(CAMERA_NAMES))
     transport: str = "compressed"
     # Topic patterns; "{camera}" is replaced by the camera name.
-    image_topic: str = "/{camera}/image/compressed"  # image_transport naming; raw transport: "/{camera}/image"
-    info_topic: str = "/{camera}/camera_info"
+    image_topic: str = topics.COMPRESSED_IMAGE_TOPIC  # image_transport naming; raw transport: topics.RAW_IMAGE_TOPIC
+    info_topic: str = topics.CAMERA_INFO_TOPIC
     # Optional calibration YAML for a fixed rig (intrinsics + camera->ego); empty = CameraInfo + TF.
     calibration_file: str = ""
 

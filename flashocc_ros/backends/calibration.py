@@ -2,7 +2,8 @@
 
 Directory layouts: (a) one sub-directory per camera named as in ``CAMERA_NAMES`` (e.g. nuScenes ``samples/``),
 files paired by sorted order; (b) a flat directory whose sorted images are taken six at a time in camera order.
-Bags: ``sensor_msgs/CompressedImage`` on the configured image topics (``/{camera}/image_rect_compressed``); one set
+Bags: ``sensor_msgs/CompressedImage`` on the camera image topics (``topics.COMPRESSED_IMAGE_TOPIC``,
+``/{camera}/image/compressed``, as the converter writes them; another pattern with ``--calib-topic``); one set
 is emitted each time all six cameras have a new image. Images go through the exact test-time preprocessing.
 
 ``sha256()`` hashes the encoded bytes of exactly the images used (and their grouping), so it identifies the
@@ -20,6 +21,7 @@ import numpy as np
 
 from flashocc_ros.backends.base import IMAGE_INPUT, IMAGE_SHAPE, MLP_INPUT, BackendError
 from flashocc_ros.config import CAMERA_NAMES, ModelVariant
+from flashocc_ros.topics import COMPRESSED_IMAGE_TOPIC
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 DEFAULT_MAX_SETS = 64
@@ -105,7 +107,7 @@ class ImageDirectorySource(CalibrationSource):
 @dataclass
 class BagSource(CalibrationSource):
     path: Path = Path(".")
-    image_topic: str = "/{camera}/image_rect_compressed"
+    image_topic: str = COMPRESSED_IMAGE_TOPIC  # what the converter writes and the node reads
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from flashocc_ros.config import PRECISIONS, ConfigError, ModelConfig, get_variant, load_config, unflatten
+from flashocc_ros.topics import COMPRESSED_IMAGE_TOPIC
 
 
 def _model_cfg(args) -> ModelConfig:
@@ -50,7 +51,7 @@ def _calibration(args):
         return None
     from flashocc_ros.backends.calibration import make_source
 
-    return make_source(args.calib_images, args.calib_bag, args.calib_max)
+    return make_source(args.calib_images, args.calib_bag, args.calib_max, args.calib_topic)
 
 
 def cmd_engine(args) -> int:
@@ -145,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--calib-images", default="", help="INT8: directory of images (camera sub-directories or flat)")
     e.add_argument("--calib-bag", default="", help="INT8: ROS 2 bag with CompressedImage topics")
     e.add_argument("--calib-max", type=int, default=64, help="INT8: number of six-camera sets used")
+    e.add_argument(
+        "--calib-topic",
+        default=COMPRESSED_IMAGE_TOPIC,
+        help=f"INT8: image topic pattern in --calib-bag (default {COMPRESSED_IMAGE_TOPIC}, as the converter writes)",
+    )
     e.add_argument("--device", default="cuda:0")
     e.add_argument("--cache-dir", default="", help="engine cache (default: model.engine_cache_dir)")
     e.add_argument("-o", "--output", default="", help="engine file (a .json metadata file is written beside it)")

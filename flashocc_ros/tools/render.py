@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from flashocc_ros.topics import GROUND_TRUTH_TOPIC, SEMANTIC_TOPIC
 from flashocc_ros.viz.loaders import (
     NuScenesImages,
     OccupancyFileError,
@@ -30,8 +31,8 @@ from flashocc_ros.viz.render import (
     save_png,
 )
 
-DEFAULT_TOPIC = "/occupancy/semantic"
-DEFAULT_GT_TOPIC = "/occupancy/ground_truth"
+DEFAULT_TOPIC = SEMANTIC_TOPIC
+DEFAULT_GT_TOPIC = GROUND_TRUTH_TOPIC
 
 
 def build_parser() -> argparse.ArgumentParser:

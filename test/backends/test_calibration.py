@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import simplejpeg
 
+from flashocc_ros import bagio
 from flashocc_ros.backends.calibration import BagSource, CalibrationError, ImageDirectorySource, make_source
 from flashocc_ros.config import CAMERA_NAMES
 
@@ -62,7 +65,7 @@ def test_bag_source_groups_one_image_per_camera(tmp_path):
     bag = tmp_path / "calib_bag"
     with Writer(bag, version=9) as writer:
         conns = {
-            cam: writer.add_connection(f"/{cam}/image_rect_compressed", Compressed.__msgtype__, typestore=ts)
+            cam: writer.add_connection(f"/{cam}/image/compressed", Compressed.__msgtype__, typestore=ts)
             for cam in CAMERA_NAMES
         }
         t = 0
@@ -77,3 +80,18 @@ def test_bag_source_groups_one_image_per_camera(tmp_path):
     assert len(src.sha256()) == 64
     with pytest.raises(CalibrationError, match="none of the topics"):
         list(BagSource(path=bag, image_topic="/other/{camera}").sets())
+
+
+def test_a_bag_from_the_converter_feeds_the_calibrator(synthetic_nuscenes, tmp_path):
+    """flashocc-nusc2bag's bag, read with the calibrator's default topics: every keyframe gives one six-camera set
+    of the dataset's own JPEG bytes."""
+    from flashocc_ros.dataset.nusc2bag import ConvertOptions, convert
+
+    ds = synthetic_nuscenes
+    scene = ds.scene_names[0]
+    (result,) = convert(ds.dataroot, ds.version, [scene], tmp_path / "bags", ConvertOptions(keyframes_only=True))
+    assert result.status == "written", result.error
+    sets = list(make_source(bag=str(result.path), max_sets=100).sets())
+    assert len(sets) == bagio.topic_counts(result.path)[bagio.SAMPLE_TOPIC][1] >= 2
+    jpeg_files = {p.read_bytes() for p in Path(ds.dataroot, "samples").rglob("*.jpg")}
+    assert all(len(s) == len(CAMERA_NAMES) and all(img in jpeg_files for img in s) for s in sets)
