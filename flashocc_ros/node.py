@@ -489,6 +489,13 @@ class FlashOccNode(Node):
         with self._lock:
             self.counters.images_received += 1
             result = self._sync.add(index, stamp, msg, time.monotonic())
+        for o in result.outliers:
+            cam = self.cameras[o.stream]
+            self._log.warn(
+                f"outlier:{o.stream}",
+                f"camera {cam.name} ({cam.image_topic}): frame stamped {o.offset_ns * 1e-9:+.3f} s off the other "
+                f"cameras (stamp {o.stamp_ns * 1e-9:.3f} s) dropped as a single outlier; its set is incomplete",
+            )
         if result.reset:
             self._slot.clear()
             self._log.warn(

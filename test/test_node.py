@@ -584,6 +584,38 @@ def test_compressed_bad_inputs_are_reported_and_the_next_good_frame_is_served(co
     assert node.proc.poll() is None
 
 
+def test_compressed_one_frame_stamped_10_s_off_costs_one_set_not_a_reset(compressed_node):
+    """Issue 18 item 3 over DDS: CAM_BACK's frame of one sweep carries a stamp 10 s ahead (a clock glitch). Only
+    that set is lost (one incomplete set), the warning names the camera and the offset, nothing is reset, the
+    following sets are served and /diagnostics never reports the five publishing cameras as silent."""
+    node, driver = compressed_node
+    jpegs = good_jpegs(2)
+    driver.publish_infos()
+    driver.spin_for(0.2)
+    first = 500
+    driver.publish_set(stamp_of(first), jpegs)
+    before = driver.wait_output(stamp_of(first))["timing"].sets_incomplete
+    start, diag_start = len(node.lines), len(driver.diagnostics)
+    glitch, last = first + 2, first + 10
+    for frame in range(first + 1, last + 1):
+        if frame == glitch:  # CAM_BACK (index 4) publishes its frame with a stamp 10 s ahead
+            driver.publish_set(stamp_of(frame), jpegs, skip=(4,))
+            images = [None, None, None, None, jpegs[4], None]
+            driver.publish_set(stamp_of(frame) + 10_000_000_000, images, skip=(0, 1, 2, 3, 5))
+        else:
+            driver.publish_set(stamp_of(frame), jpegs)
+        driver.spin_for(0.3)
+    out = driver.wait_output(stamp_of(last))
+    assert out["timing"].sets_incomplete - before == 1, node.log()[-3000:]
+    expect_warning(
+        node, driver, r"camera CAM_BACK \(/CAM_BACK/image/compressed\): frame stamped \+(9\.9|10\.0)\d* s off", start
+    )
+    assert node.find(r"time went backwards", start) is None, node.log()[-3000:]
+    driver.spin_for(1.5)  # at least one more watchdog tick
+    silent = [d for d in driver.diagnostics[diag_start:] if d[2]["silent_cameras"]]
+    assert not silent, silent
+
+
 def test_compressed_moving_ego_uses_each_cameras_pose_like_the_official_pipeline(compressed_node, offline_pipeline):
     """/tf map -> base_link at every camera stamp (as the converter publishes it) for a vehicle at 15 m/s: the node's
     occupancy equals OccupancyPipeline given the devkit's per-camera ego2global (what flashocc-predict runs), and
