@@ -50,7 +50,7 @@ from flashocc_ros.config import (
     to_dict,
     unflatten,
 )
-from flashocc_ros.health import HealthSnapshot, summarize_health
+from flashocc_ros.health import HealthMonitor, HealthSnapshot
 from flashocc_ros.msg import InferenceTiming, PanopticOccupancy, SemanticOccupancy
 from flashocc_ros.ros_convert import (
     BadInput,
@@ -128,6 +128,18 @@ NODE_PARAMETERS: dict[str, tuple[Any, str, tuple | None, bool]] = {
         2.0,
         "a camera silent this long while others publish is reported",
         (0.1, 600.0),
+        False,
+    ),
+    "diagnostics.window_s": (
+        10.0,
+        "/diagnostics measures output rate, latency and dropped sets over this sliding window",
+        (1.0, 600.0),
+        False,
+    ),
+    "diagnostics.max_dropped_fraction": (
+        0.5,
+        "/diagnostics warns when more than this fraction of the camera sets in the window were dropped",
+        (0.0, 1.0),
         False,
     ),
     "tf.use_tf2_ros": (True, "use tf2_ros where installed (false: the built-in /tf_static + /tf reader)", None, True),
@@ -298,7 +310,11 @@ class FlashOccNode(Node):
         self._setup_tf()
         self._setup_io()
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._health_previous = HealthSnapshot(time_s=time.monotonic())  # all zero: the node just started
+        self._health = HealthMonitor(  # starts from an all-zero snapshot: the node just started
+            HealthSnapshot(time_s=time.monotonic()),
+            window_s=p["diagnostics.window_s"],
+            max_dropped_fraction=p["diagnostics.max_dropped_fraction"],
+        )
         self._watchdog = self.create_timer(1.0, self._on_watchdog)
         self._worker = threading.Thread(target=self._work_loop, name="flashocc_worker", daemon=True)
         self._worker.start()
@@ -361,6 +377,8 @@ class FlashOccNode(Node):
             self._sync.set_max_spread_ns(int(new_cfg.sync.max_spread_ms * 1e6))
         self._node_params.update(node_updates)
         self._log.interval_s = float(self._node_params["diagnostics.warn_interval_s"])
+        self._health.window_s = float(self._node_params["diagnostics.window_s"])
+        self._health.max_dropped_fraction = float(self._node_params["diagnostics.max_dropped_fraction"])
         return SetParametersResult(successful=True)
 
     # ---------------------------------------------------------------------------------------------------------
@@ -507,11 +525,10 @@ class FlashOccNode(Node):
             self._slot.put(s)
 
     def _on_watchdog(self) -> None:
-        """Once a second: warn about silent cameras, summarise the node's health since the previous tick (which also
-        empties the latencies collected since then) and publish it on /diagnostics."""
+        """Once a second: warn about silent cameras, summarise the node's health over the sliding window (the
+        snapshot empties the latencies collected since the previous tick) and publish it on /diagnostics."""
         snapshot = self._health_snapshot(self._check_silent_cameras())
-        report = summarize_health(snapshot, self._health_previous)
-        self._health_previous = snapshot
+        report = self._health.update(snapshot)
         if self.pub_diagnostics is not None:
             self._publish_diagnostics(report)
 
@@ -544,6 +561,7 @@ class FlashOccNode(Node):
                 frames_processed=c.frames_processed,
                 images_rejected=c.images_rejected,
                 sets_skipped_calibration=c.sets_skipped_calibration,
+                sets_complete=self._sync.counters.sets_complete,
                 sets_replaced=self._slot.replaced,
                 sets_incomplete=self._sync.counters.sets_incomplete,
                 errors=c.errors,

@@ -694,6 +694,29 @@ def test_raw_overload_keeps_latency_bounded_and_memory_flat(raw_node):
     assert rss_end - rss_start < 100.0, (rss_start, rss_end)
 
 
+def test_raw_heavy_overload_is_a_diagnostics_warning_with_the_real_output_rate(raw_node):
+    """Issue 18 item 4 over DDS: sets arrive ten times faster than the node processes them. /diagnostics used to stay
+    OK and read "1.00 Hz" (one frame in a 1 s tick) while most sets were dropped; now the rate, latency and dropped
+    sets are measured over a 10 s window and the drops are a WARN."""
+    node, driver = raw_node
+    images = [make_image(i, 5) for i in range(6)]
+    driver.publish_infos()
+    driver.publish_set(stamp_of(300), images)
+    processing_s = driver.wait_output(stamp_of(300))["timing"].total_ms / 1000.0
+    diag_start = len(driver.diagnostics)
+    for k in range(1, 26):
+        driver.publish_set(stamp_of(300 + k), images)
+        driver.spin_for(max(processing_s / 10.0, 0.02))
+    level, message, values = driver.wait_diagnostic(
+        lambda level, message, values: level == 1 and "dropped" in message, "dropped sets WARN", start=diag_start
+    )
+    assert "replaced while processing was busy" in message, message
+    assert float(values["sets_dropped_fraction"]) > 0.5, values
+    # The window's rate cannot exceed what the node can process (it read 1.00 Hz here with ~2.5 s frames).
+    assert float(values["output_rate_hz"]) <= 1.2 / processing_s, (values, processing_s)
+    assert 0.0 < float(values["window_s"]) <= 11.0 and values["latency_p50_ms"] != "nan", values
+
+
 def test_bad_parameters_fail_at_start_with_a_clear_message(tmp_path_factory):
     require_ros()
     env = _module_env(tmp_path_factory)
