@@ -732,6 +732,68 @@ def test_bad_parameters_fail_at_start_with_a_clear_message(tmp_path_factory):
         assert node.find(pattern) is not None, node.log()
 
 
+def test_undeclared_overrides_suggest_the_closest_declared_name():
+    require_ros()
+    from flashocc_ros.node import undeclared_overrides
+
+    declared = ["sync.max_spread_ms", "sync.queue_size", "model.variant"]
+    overrides = {
+        "sync.max_spred_ms": 1,
+        "sync.queue_size": 2,
+        "qos_overrides./tf.depth": 3,
+        "foo": 4,
+        "use_sim_time": 5,
+    }
+    got = undeclared_overrides(overrides, declared, lambda name: name == "use_sim_time")
+    assert got == [("foo", None), ("sync.max_spred_ms", "sync.max_spread_ms")]
+
+
+def test_misspelled_parameter_is_reported_with_the_closest_name(tmp_path_factory):
+    """Issue 18 item 10: `-p sync.max_spred_ms:=50.0` used to be ignored without a word."""
+    require_ros()
+    node = NodeProcess(_module_env(tmp_path_factory), {"sync.max_spred_ms": "50.0", "tf.world_frame": "odom"})
+    try:
+        wait_for(lambda: node.find("listening to") or node.proc.poll() is not None, STARTUP_TIMEOUT, None, "start")
+        line = node.find(
+            r"parameter sync.max_spred_ms is not a parameter of flashocc_node and is IGNORED; "
+            r"did you mean sync.max_spread_ms\?"
+        )
+        assert line is not None and "WARN" in line, node.log()
+        assert node.find(r"world_frame.*IGNORED") is None, node.log()  # declared parameters are not reported
+    finally:
+        assert node.stop() == 0, node.log()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stopping_while_a_frame_is_processed_exits_cleanly(tmp_path_factory, sig):
+    """Issue 16: a signal during processing used to log `processing failed: RCLError: Failed to publish:
+    publisher's context is invalid` (the worker published after the context was shut down)."""
+    require_ros()
+    env = _module_env(tmp_path_factory)
+    node = NodeProcess(env, {})
+    ctx = _context(env)
+    driver = Driver(ctx, "compressed")
+    driver.node_log = node.log
+    try:
+        driver.publish_tf_static()
+        driver.wait_connected()
+        driver.publish_infos()
+        driver.spin_for(0.2)
+        jpegs = good_jpegs(0)
+        driver.publish_set(stamp_of(0), jpegs)
+        processing_s = driver.wait_output(stamp_of(0))["timing"].total_ms / 1000.0
+        driver.publish_set(stamp_of(1), jpegs)
+        driver.spin_for(min(0.3 * processing_s, 0.5))  # the worker is in the middle of this frame
+        node.proc.send_signal(sig)
+        rc = node.proc.wait(timeout=60)
+    finally:
+        driver.close()
+        ctx.try_shutdown()
+        node.stop()
+    assert rc == 0, node.log()
+    assert node.find(r"processing failed|Traceback|RCLError|context is invalid|ERROR") is None, node.log()
+
+
 def test_checkpoint_of_another_variant_fails_at_start(tmp_path_factory):
     require_ros()
     import torch
