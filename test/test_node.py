@@ -732,6 +732,20 @@ def test_bad_parameters_fail_at_start_with_a_clear_message(tmp_path_factory):
         assert node.find(pattern) is not None, node.log()
 
 
+def test_rate_limited_log_can_warn_then_error_through_an_rclpy_logger():
+    """rclpy refuses a call site whose severity changes ("Logger severity cannot be changed between calls"): with
+    warn and error sharing one line, the worker's first `processing failed` after any warning raised and killed it."""
+    require_ros()
+    from rclpy.logging import get_logger
+
+    from flashocc_ros.node import RateLimitedLog
+
+    log = RateLimitedLog(get_logger("flashocc_test_rate_limited_log"), 0.0)
+    log.warn("a", "a warning first")
+    log.error("b", "then an error")
+    log.warn("a", "and a warning again")
+
+
 def test_undeclared_overrides_suggest_the_closest_declared_name():
     require_ros()
     from flashocc_ros.node import undeclared_overrides
