@@ -1,19 +1,26 @@
 """The node's health summary for /diagnostics (no ROS imports; the node turns it into a DiagnosticArray).
 
-Once per watchdog tick the node takes a `HealthSnapshot` of its counters; `summarize_health` compares it with the
-previous one and returns a level (diagnostic_msgs/DiagnosticStatus numbering), a one-line message and key/value
-pairs. Rules, most severe first:
+Once per watchdog tick the node takes a `HealthSnapshot` of its counters and hands it to a `HealthMonitor`, which
+keeps the snapshots of a sliding window (`window_s`, 10 s by default) and returns a level
+(diagnostic_msgs/DiagnosticStatus numbering), a one-line message and key/value pairs. Output rate, latency and
+dropped sets are measured over the window, so a slow output (one frame every few seconds) reads its real rate
+instead of "1 frame in the last second = 1.00 Hz" or nothing; errors, skips and STALE use the last tick, so they
+show (and clear) at once; STALE needs STALE_AFTER_S without input and output. Rules, most severe first:
 
 * ERROR: processing raised since the last tick (the node keeps serving; the message carries the last error).
 * WARN: a camera is silent while others publish, a camera's CameraInfo is invalid, or sets were skipped since the
   last tick (rejected images, calibration/TF not available).
-* OK: frames were published since the last tick (the message gives their rate and median latency), or images
-  are arriving and the next complete six-camera set is awaited.
-* STALE: neither images nor outputs since the last tick (nothing to process: a stopped bag, a disconnected rig).
+* WARN: more than `max_dropped_fraction` of the camera sets of the window were dropped (replaced by a newer set
+  while processing was busy: the node is slower than its input; or incomplete: a camera missing or outside the
+  spread), at least MIN_DROPPED of them.
+* STALE: neither images nor outputs for STALE_AFTER_S (nothing to process: a stopped bag, a disconnected rig).
+* OK: frames were published in the window (the message gives their rate and median latency), or images are
+  arriving and the next complete six-camera set is awaited.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +28,11 @@ import numpy as np
 # diagnostic_msgs/DiagnosticStatus levels.
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
+
+DEFAULT_WINDOW_S = 10.0
+DEFAULT_MAX_DROPPED_FRACTION = 0.5
+STALE_AFTER_S = 3.0  # STALE after this long without images and outputs (a slow replay sends a set every 1-2 s)
+MIN_DROPPED = 3  # fewer dropped sets in the window are never a warning (start-up, a single replaced set)
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class HealthSnapshot:
     frames_processed: int = 0
     images_rejected: int = 0
     sets_skipped_calibration: int = 0
+    sets_complete: int = 0  # complete camera sets assembled by the synchronizer
     sets_replaced: int = 0  # complete sets dropped because processing was busy (the newest one is kept)
     sets_incomplete: int = 0
     errors: int = 0
@@ -53,18 +66,41 @@ class HealthReport:
         return LEVEL_NAMES[self.level]
 
 
-def summarize_health(current: HealthSnapshot, previous: HealthSnapshot) -> HealthReport:
-    """Level, message and values for the interval since `previous` (the node starts from an all-zero snapshot)."""
+def summarize_health(
+    current: HealthSnapshot,
+    previous: HealthSnapshot,
+    window_start: HealthSnapshot | None = None,
+    window_latencies_ms: tuple[float, ...] | None = None,
+    max_dropped_fraction: float = DEFAULT_MAX_DROPPED_FRACTION,
+    stale_baseline: HealthSnapshot | None = None,
+) -> HealthReport:
+    """Level, message and values at `current`. Errors, skips and STALE are judged since `previous` (the last tick;
+    the node starts from an all-zero snapshot); output rate, latency and dropped sets since `window_start` (default:
+    `previous`) with the latencies of the frames published in that window (default: `current.recent_latencies_ms`);
+    STALE since `stale_baseline` (default: `previous`).
+    """
+    stale_baseline = previous if stale_baseline is None else stale_baseline
+    window_start = previous if window_start is None else window_start
+    latencies_ms = current.recent_latencies_ms if window_latencies_ms is None else window_latencies_ms
     period = max(current.time_s - previous.time_s, 1e-9)
-    frames = current.frames_processed - previous.frames_processed
+    span = max(current.time_s - window_start.time_s, 1e-9)
     errors = current.errors - previous.errors
     skipped = (current.images_rejected - previous.images_rejected) + (
         current.sets_skipped_calibration - previous.sets_skipped_calibration
     )
-    latencies = np.asarray(current.recent_latencies_ms, dtype=float)
-    rate = frames / period
+    frames = current.frames_processed - window_start.frames_processed
+    replaced = current.sets_replaced - window_start.sets_replaced
+    incomplete = current.sets_incomplete - window_start.sets_incomplete
+    offered = (current.sets_complete - window_start.sets_complete) + incomplete
+    dropped = replaced + incomplete
+    dropped_fraction = dropped / offered if offered > 0 else 0.0
+    latencies = np.asarray(latencies_ms, dtype=float)
+    rate = frames / span
     p50 = float(np.median(latencies)) if latencies.size else float("nan")
     p95 = float(np.percentile(latencies, 95)) if latencies.size else float("nan")
+    output = f"output {frames} frame(s) in the last {span:.1f} s ({rate:.2f} Hz)" + (
+        f", median latency {p50:.0f} ms" if latencies.size else ""
+    )
 
     if errors > 0:
         level, message = ERROR, f"processing failed {errors} time(s) in the last {period:.1f} s: {current.last_problem}"
@@ -74,14 +110,30 @@ def summarize_health(current: HealthSnapshot, previous: HealthSnapshot) -> Healt
         level, message = WARN, f"invalid CameraInfo: {current.camera_info_errors[0]}"
     elif skipped > 0:
         level, message = WARN, f"{skipped} set(s) skipped in the last {period:.1f} s: {current.last_problem}"
+    elif dropped >= MIN_DROPPED and dropped_fraction > max_dropped_fraction:
+        causes = []
+        if replaced:
+            causes.append(f"{replaced} replaced while processing was busy (processing is slower than the input)")
+        if incomplete:
+            causes.append(f"{incomplete} incomplete (a camera missing or outside sync.max_spread_ms)")
+        level = WARN
+        message = (
+            f"{dropped} of {offered} camera sets ({100 * dropped_fraction:.0f} %) dropped in the last {span:.1f} s: "
+            f"{'; '.join(causes)}; {output}"
+        )
+    elif (
+        current.frames_processed == stale_baseline.frames_processed
+        and current.images_received == stale_baseline.images_received
+    ):
+        idle = max(current.time_s - stale_baseline.time_s, 1e-9)
+        level, message = STALE, f"no camera image and no output in the last {idle:.1f} s"
     elif frames > 0:
-        level, message = OK, f"{frames} frame(s) in {period:.1f} s ({rate:.2f} Hz), median latency {p50:.0f} ms"
-    elif current.images_received > previous.images_received:
-        level, message = OK, "receiving images, waiting for the next complete six-camera set"
+        level, message = OK, output
     else:
-        level, message = STALE, f"no camera image and no output in the last {period:.1f} s"
+        level, message = OK, "receiving images, waiting for the next complete six-camera set"
 
     values = list(current.info) + [
+        ("window_s", f"{span:.1f}"),
         ("output_rate_hz", f"{rate:.3f}"),
         ("latency_p50_ms", f"{p50:.1f}"),
         ("latency_p95_ms", f"{p95:.1f}"),
@@ -89,10 +141,42 @@ def summarize_health(current: HealthSnapshot, previous: HealthSnapshot) -> Healt
         ("images_received", str(current.images_received)),
         ("images_rejected", str(current.images_rejected)),
         ("sets_skipped_calibration", str(current.sets_skipped_calibration)),
+        ("sets_complete", str(current.sets_complete)),
         ("sets_replaced", str(current.sets_replaced)),
+        ("sets_dropped_fraction", f"{dropped_fraction:.3f}"),
         ("sets_incomplete", str(current.sets_incomplete)),
         ("errors", str(current.errors)),
         ("silent_cameras", ", ".join(current.silent_cameras)),
         ("last_problem", current.last_problem),
     ]
     return HealthReport(level, message, tuple(values))
+
+
+class HealthMonitor:
+    """The sliding window of snapshots behind /diagnostics: `update` once per watchdog tick."""
+
+    def __init__(
+        self,
+        start: HealthSnapshot | None = None,
+        window_s: float = DEFAULT_WINDOW_S,
+        max_dropped_fraction: float = DEFAULT_MAX_DROPPED_FRACTION,
+    ):
+        self.window_s = float(window_s)
+        self.max_dropped_fraction = float(max_dropped_fraction)
+        self._history: deque[HealthSnapshot] = deque([start] if start is not None else [])
+
+    def update(self, current: HealthSnapshot) -> HealthReport:
+        """The report at `current`; the first snapshot ever given only starts the window (an all-zero report)."""
+        if not self._history:
+            self._history.append(current)
+            return summarize_health(current, current, max_dropped_fraction=self.max_dropped_fraction)
+        previous = self._history[-1]
+        self._history.append(current)
+        # Keep the newest snapshot at or before the window's start as its baseline.
+        while len(self._history) > 2 and self._history[1].time_s <= current.time_s - self.window_s:
+            self._history.popleft()
+        window = list(self._history)
+        latencies = tuple(ms for s in window[1:] for ms in s.recent_latencies_ms)
+        stale_s = min(STALE_AFTER_S, self.window_s)
+        stale = next((s for s in reversed(window[:-1]) if s.time_s <= current.time_s - stale_s), window[0])
+        return summarize_health(current, previous, window[0], latencies, self.max_dropped_fraction, stale)

@@ -15,7 +15,9 @@ Every bad input gets one clear, rate-limited warning and the node carries on wit
 
 from __future__ import annotations
 
+import difflib
 import re
+import signal
 import sys
 import threading
 import time
@@ -28,7 +30,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -37,6 +39,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
@@ -50,7 +53,7 @@ from flashocc_ros.config import (
     to_dict,
     unflatten,
 )
-from flashocc_ros.health import HealthSnapshot, summarize_health
+from flashocc_ros.health import HealthMonitor, HealthSnapshot
 from flashocc_ros.msg import InferenceTiming, PanopticOccupancy, SemanticOccupancy
 from flashocc_ros.ros_convert import (
     BadInput,
@@ -130,6 +133,18 @@ NODE_PARAMETERS: dict[str, tuple[Any, str, tuple | None, bool]] = {
         (0.1, 600.0),
         False,
     ),
+    "diagnostics.window_s": (
+        10.0,
+        "/diagnostics measures output rate, latency and dropped sets over this sliding window",
+        (1.0, 600.0),
+        False,
+    ),
+    "diagnostics.max_dropped_fraction": (
+        0.5,
+        "/diagnostics warns when more than this fraction of the camera sets in the window were dropped",
+        (0.0, 1.0),
+        False,
+    ),
     "tf.use_tf2_ros": (True, "use tf2_ros where installed (false: the built-in /tf_static + /tf reader)", None, True),
     "tf.world_frame": (
         "map",
@@ -182,22 +197,29 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    # Each severity is logged from its own line: rclpy refuses a call site whose severity changes between calls
+    # ("Logger severity cannot be changed between calls"), which killed the worker on its first error after a warning.
     def warn(self, key: str, text: str) -> None:
-        self._emit(key, text, self._logger.warning)
+        line = self._due(key, text)
+        if line is not None:
+            self._logger.warning(line)
 
     def error(self, key: str, text: str) -> None:
-        self._emit(key, text, self._logger.error)
+        line = self._due(key, text)
+        if line is not None:
+            self._logger.error(line)
 
-    def _emit(self, key: str, text: str, log) -> None:
+    def _due(self, key: str, text: str) -> str | None:
+        """The line to log now, or None while `key` is rate-limited (counted as suppressed)."""
         now = time.monotonic()
         with self._lock:
             last = self._last.get(key)
             if last is not None and now - last < self.interval_s:
                 self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                return
+                return None
             n = self._suppressed.pop(key, 0)
             self._last[key] = now
-        log(text + (f" ({n} more like this suppressed)" if n else ""))
+        return text + (f" ({n} more like this suppressed)" if n else "")
 
 
 @dataclass
@@ -224,6 +246,20 @@ class NodeCounters:
     images_received: int = 0
     last_problem: str = ""  # the latest skipped / failed set, as logged (for /diagnostics)
     recent_latencies_ms: list[float] = field(default_factory=list)  # frames published since the last watchdog tick
+
+
+def undeclared_overrides(overrides, declared, is_declared=None) -> list[tuple[str, str | None]]:
+    """(name, closest declared name or None) for every parameter override that is not declared, e.g. the typo
+    `sync.max_spred_ms` -> `sync.max_spread_ms`. `is_declared` also accepts parameters declared elsewhere (rclpy's
+    use_sim_time); rclpy's qos_overrides.* are not parameters of ours to judge."""
+    declared = list(declared)
+    out = []
+    for name in sorted(overrides):
+        if name in declared or name.startswith("qos_overrides.") or (is_declared is not None and is_declared(name)):
+            continue
+        close = difflib.get_close_matches(name, declared, n=1, cutoff=0.6)
+        out.append((name, close[0] if close else None))
+    return out
 
 
 def _descriptor(name: str, value: Any, description: str, value_range: tuple | None, read_only: bool):
@@ -298,7 +334,11 @@ class FlashOccNode(Node):
         self._setup_tf()
         self._setup_io()
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._health_previous = HealthSnapshot(time_s=time.monotonic())  # all zero: the node just started
+        self._health = HealthMonitor(  # starts from an all-zero snapshot: the node just started
+            HealthSnapshot(time_s=time.monotonic()),
+            window_s=p["diagnostics.window_s"],
+            max_dropped_fraction=p["diagnostics.max_dropped_fraction"],
+        )
         self._watchdog = self.create_timer(1.0, self._on_watchdog)
         self._worker = threading.Thread(target=self._work_loop, name="flashocc_worker", daemon=True)
         self._worker.start()
@@ -323,7 +363,14 @@ class FlashOccNode(Node):
             desc = _descriptor(name, default, help_text, value_range, read_only)
             self._node_params[name] = self._declare(name, default, desc)
         cfg = from_dict(FlashOccConfig, unflatten(values))
-        return cfg.validate()
+        cfg = cfg.validate()
+        # rclpy keeps the --params-file / -p values for this node in _parameter_overrides (no public accessor);
+        # overrides that match no declared parameter would otherwise be ignored without a word.
+        overrides = getattr(self, "_parameter_overrides", None) or {}
+        for name, suggestion in undeclared_overrides(overrides, [*values, *self._node_params], self.has_parameter):
+            hint = f"; did you mean {suggestion}?" if suggestion else ""
+            self.get_logger().warning(f"parameter {name} is not a parameter of {NODE_NAME} and is IGNORED{hint}")
+        return cfg
 
     def _declare(self, name: str, default: Any, desc: ParameterDescriptor) -> Any:
         try:
@@ -361,6 +408,8 @@ class FlashOccNode(Node):
             self._sync.set_max_spread_ns(int(new_cfg.sync.max_spread_ms * 1e6))
         self._node_params.update(node_updates)
         self._log.interval_s = float(self._node_params["diagnostics.warn_interval_s"])
+        self._health.window_s = float(self._node_params["diagnostics.window_s"])
+        self._health.max_dropped_fraction = float(self._node_params["diagnostics.max_dropped_fraction"])
         return SetParametersResult(successful=True)
 
     # ---------------------------------------------------------------------------------------------------------
@@ -489,6 +538,13 @@ class FlashOccNode(Node):
         with self._lock:
             self.counters.images_received += 1
             result = self._sync.add(index, stamp, msg, time.monotonic())
+        for o in result.outliers:
+            cam = self.cameras[o.stream]
+            self._log.warn(
+                f"outlier:{o.stream}",
+                f"camera {cam.name} ({cam.image_topic}): frame stamped {o.offset_ns * 1e-9:+.3f} s off the other "
+                f"cameras (stamp {o.stamp_ns * 1e-9:.3f} s) dropped as a single outlier; its set is incomplete",
+            )
         if result.reset:
             self._slot.clear()
             self._log.warn(
@@ -500,11 +556,10 @@ class FlashOccNode(Node):
             self._slot.put(s)
 
     def _on_watchdog(self) -> None:
-        """Once a second: warn about silent cameras, summarise the node's health since the previous tick (which also
-        empties the latencies collected since then) and publish it on /diagnostics."""
+        """Once a second: warn about silent cameras, summarise the node's health over the sliding window (the
+        snapshot empties the latencies collected since the previous tick) and publish it on /diagnostics."""
         snapshot = self._health_snapshot(self._check_silent_cameras())
-        report = summarize_health(snapshot, self._health_previous)
-        self._health_previous = snapshot
+        report = self._health.update(snapshot)
         if self.pub_diagnostics is not None:
             self._publish_diagnostics(report)
 
@@ -537,6 +592,7 @@ class FlashOccNode(Node):
                 frames_processed=c.frames_processed,
                 images_rejected=c.images_rejected,
                 sets_skipped_calibration=c.sets_skipped_calibration,
+                sets_complete=self._sync.counters.sets_complete,
                 sets_replaced=self._slot.replaced,
                 sets_incomplete=self._sync.counters.sets_incomplete,
                 errors=c.errors,
@@ -568,7 +624,7 @@ class FlashOccNode(Node):
     def _work_loop(self) -> None:
         while not self._slot.closed:
             s = self._slot.get(timeout=0.5)
-            if s is None:
+            if s is None or self._slot.closed:  # stopping: do not start another frame
                 continue
             try:
                 self._process_when_calibrated(s)
@@ -613,8 +669,11 @@ class FlashOccNode(Node):
                 time.sleep(0.02)
 
     def stop(self) -> None:
+        """Let the worker finish (and publish) the frame in progress and end; call before the context shuts down."""
         self._slot.close()
         self._worker.join(timeout=30)
+        if self._worker.is_alive():
+            self.get_logger().warning("the worker did not finish its frame within 30 s; shutting down anyway")
 
     def _calibration_for(self, s: CameraSet, sizes: list[tuple[int, int]], compensate: bool = True):
         from flashocc_ros.geometry import RigCalibration
@@ -849,7 +908,13 @@ def _problem_key(text: str) -> str:
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
+    # rclpy's own SIGINT/SIGTERM handlers shut the context down at once, while the worker may still be publishing
+    # the frame in progress ("Failed to publish: publisher's context is invalid"). Ours only ask the spin loop to
+    # end; the worker is then stopped and joined before the context shuts down.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop_requested = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop_requested.set())
     node = None
     try:
         try:
@@ -860,10 +925,16 @@ def main(args: list[str] | None = None) -> int:
         except Exception as exc:
             print(f"{NODE_NAME}: failed to start: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
         try:
-            rclpy.spin(node)
+            while not stop_requested.is_set():
+                executor.spin_once(timeout_sec=0.1)
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        finally:
+            executor.remove_node(node)
+            executor.shutdown()
         return 0
     finally:
         if node is not None:

@@ -8,6 +8,14 @@ among the queued frames, subject to spread <= max_spread. A set is emitted as so
 improve it: every stream has either already received a frame at or after the set's latest stamp, or its next
 frame is expected (from its measured period) after that stamp. So a regular 12 Hz rig is emitted when the last
 camera of the sweep arrives, without waiting for the next sweep.
+
+Jumps in time: a frame off the rig's timeline (more than `max_spread` older than its stream's previous frame, or
+more than `jump_threshold_ns()` newer than the newest frame of any stream) is *held*, not used: alone it may be a
+glitch. It is confirmed as a real jump when a second stream jumps the same way (a bag loop or clock change: all
+cameras jump), or when its own stream goes on from it for CONFIRM_FRAMES frames (only that camera's clock moved);
+a backward jump then resets the state and the held frames start the new timeline. When the stream's next frame
+continues the old timeline instead, the held frame was a single outlier: it is dropped and reported
+(`AddResult.outliers`), which costs at most the set of that sweep.
 """
 
 from __future__ import annotations
@@ -62,7 +70,18 @@ class SyncCounters:
     frames_out_of_order: int = 0  # a stream's stamp slightly older than its previous one: dropped
     frames_duplicate: int = 0  # same stamp twice on one stream: dropped
     frames_stale_after_reset: int = 0  # old-timeline frames still in flight after a reset: dropped
+    frames_outlier: int = 0  # a single frame stamped off the timeline (clock glitch): dropped
     resets: int = 0  # time went backwards (bag loop, sim-time restart): state cleared
+    jumps_forward: int = 0  # time jumped forward on the rig (confirmed by two streams): followed, no reset
+
+
+@dataclass(frozen=True)
+class Outlier:
+    """A frame dropped as a single glitch: its stream, stamp and offset from the rig's newest stamp on arrival."""
+
+    stream: int
+    stamp_ns: int
+    offset_ns: int
 
 
 @dataclass
@@ -72,6 +91,8 @@ class AddResult:
     sets: list[CameraSet] = field(default_factory=list)
     reset: bool = False
     dropped_reason: str = ""  # "", "duplicate", "out_of_order", "stale_after_reset"
+    held: bool = False  # the frame is off the timeline and held until a jump is confirmed or it proves an outlier
+    outliers: list[Outlier] = field(default_factory=list)  # held frames now dropped as single glitches
 
 
 class _Stream:
@@ -84,6 +105,11 @@ class _Stream:
         # After a reset triggered by another stream: stamps >= this belong to the old timeline (in flight).
         self.stale_from_ns: int | None = None
         self.stale_dropped = 0
+        # Frames off the timeline, held until a jump is confirmed (or dropped as outliers).
+        self.held: list[Frame] = []
+        self.held_backwards = False
+        self.held_ref_ns = 0  # the old timeline's stamp they jumped from
+        self.held_offset_ns = 0  # offset of the first held frame from the rig's newest stamp
 
     def period_ns(self) -> int | None:
         return int(statistics.median(self.gaps)) if self.gaps else None
@@ -99,6 +125,12 @@ class ApproximateTimeSync:
     PERIOD_MARGIN = 0.75
     # Give up waiting for in-flight old-timeline frames after this many of them on one stream.
     MAX_STALE_FRAMES = 16
+    # A stream going on from a held (off-timeline) frame this many frames in a row confirms the jump on its own.
+    CONFIRM_FRAMES = 3
+    # A frame newer than the rig's newest stamp by more than max(MIN_JUMP_NS, JUMP_PERIODS * the longest measured
+    # period) is off the timeline.
+    MIN_JUMP_NS = 1_000_000_000
+    JUMP_PERIODS = 4
 
     def __init__(self, num_streams: int, max_spread_ns: int, queue_size: int = 4, key_index: int = 0):
         if num_streams < 1:
@@ -150,6 +182,12 @@ class ApproximateTimeSync:
             s.gaps.clear()
             s.stale_from_ns = None
             s.stale_dropped = 0
+            s.held = []
+
+    def jump_threshold_ns(self) -> int:
+        """How far ahead of the rig's newest stamp a frame must be to count as a jump forward."""
+        periods = [p for p in (s.period_ns() for s in self._streams) if p]
+        return max(self.MIN_JUMP_NS, self.JUMP_PERIODS * max(periods, default=0))
 
     # ----------------------------------------------------------------------------------------------------------
     def add(self, stream: int, stamp_ns: int, payload: Any, received: float | None = None) -> AddResult:
@@ -159,28 +197,75 @@ class ApproximateTimeSync:
         received = time.monotonic() if received is None else received
         result = AddResult()
         s = self._streams[stream]
+        frame = Frame(stream, stamp_ns, payload, received)
 
         if s.stale_from_ns is not None:
             if stamp_ns >= s.stale_from_ns and s.stale_dropped < self.MAX_STALE_FRAMES:
                 s.stale_dropped += 1
+                s.last_received = received  # the camera is publishing (old data still in flight)
                 self.counters.frames_stale_after_reset += 1
                 result.dropped_reason = "stale_after_reset"
                 return result
             s.stale_from_ns = None
             s.stale_dropped = 0
 
+        if s.held:
+            last_held = s.held[-1].stamp_ns
+            if abs(stamp_ns - last_held) < abs(stamp_ns - s.held_ref_ns):  # goes on from the held frames
+                if stamp_ns <= last_held:
+                    self.counters.frames_out_of_order += 1
+                    result.dropped_reason = "out_of_order"
+                    return result
+                s.held.append(frame)
+                if len(s.held) >= self.CONFIRM_FRAMES:
+                    self._confirm_jump([stream], result)
+                else:
+                    result.held = True
+                return result
+            # Back on the old timeline: the held frames were glitches.
+            for f in s.held:
+                result.outliers.append(Outlier(stream, f.stamp_ns, s.held_offset_ns + f.stamp_ns - s.held[0].stamp_ns))
+            self.counters.frames_outlier += len(s.held)
+            s.held = []
+
+        newest = max((o.last_stamp_ns for o in self._streams if o.last_stamp_ns is not None), default=None)
+        backwards = s.last_stamp_ns is not None and stamp_ns < s.last_stamp_ns - self.max_spread_ns
+        ahead = newest is not None and stamp_ns > newest + self.jump_threshold_ns()
+        if backwards or ahead:
+            s.held = [frame]
+            s.held_backwards = backwards
+            s.held_ref_ns = s.last_stamp_ns if backwards else newest
+            s.held_offset_ns = stamp_ns - newest
+            partners = [
+                i
+                for i, o in enumerate(self._streams)
+                if i != stream
+                and o.held
+                and o.held_backwards == backwards
+                and 2 * abs(o.held[0].stamp_ns - stamp_ns) < abs(s.held_offset_ns)
+            ]
+            if partners or self.num_streams == 1:
+                self._confirm_jump([stream, *partners], result)
+            else:
+                result.held = True
+            return result
+
+        self._accept(frame, result)
+        return result
+
+    def _accept(self, frame: Frame, result: AddResult) -> None:
+        """Queue a frame on the timeline and emit the sets it completes."""
+        stream, stamp_ns, received = frame.stream, frame.stamp_ns, frame.received
+        s = self._streams[stream]
         if s.last_stamp_ns is not None:
             if stamp_ns == s.last_stamp_ns:
                 self.counters.frames_duplicate += 1
                 result.dropped_reason = "duplicate"
                 return result
             if stamp_ns < s.last_stamp_ns:
-                if s.last_stamp_ns - stamp_ns <= self.max_spread_ns:
-                    self.counters.frames_out_of_order += 1
-                    result.dropped_reason = "out_of_order"
-                    return result
-                self._reset_for_backwards_jump(stream)
-                result.reset = True
+                self.counters.frames_out_of_order += 1
+                result.dropped_reason = "out_of_order"
+                return
             else:
                 s.gaps.append(stamp_ns - s.last_stamp_ns)
 
@@ -188,21 +273,33 @@ class ApproximateTimeSync:
         s.last_received = received
         if self._first_stamp_ns is None:
             self._first_stamp_ns = stamp_ns
-        s.queue.append(Frame(stream, stamp_ns, payload, received))
+        s.queue.append(frame)
         while len(s.queue) > self.queue_size:
             s.queue.popleft()
             if stream == self.key_index:
                 self.counters.sets_incomplete += 1
-        result.sets = self._emit_ready()
-        return result
+        result.sets += self._emit_ready()
 
     # ----------------------------------------------------------------------------------------------------------
-    def _reset_for_backwards_jump(self, stream: int) -> None:
+    def _confirm_jump(self, streams: list[int], result: AddResult) -> None:
+        """The held frames of `streams` are a real jump: reset for a backward one, then queue them in stamp order."""
+        frames = sorted((f for i in streams for f in self._streams[i].held), key=lambda f: f.stamp_ns)
+        if self._streams[streams[0]].held_backwards:
+            self._reset_for_backwards_jump(streams)
+            result.reset = True
+        else:
+            self.counters.jumps_forward += 1
+            for i in streams:
+                self._streams[i].held = []
+        for f in frames:
+            self._accept(f, result)
+
+    def _reset_for_backwards_jump(self, streams: list[int]) -> None:
         self.counters.resets += 1
         old_last = [s.last_stamp_ns for s in self._streams]
         self.reset()
         for i, s in enumerate(self._streams):
-            if i != stream and old_last[i] is not None:
+            if i not in streams and old_last[i] is not None:
                 # Frames of other streams continuing the old timeline may still be in flight: drop them until the
                 # stream, too, jumps back (or after MAX_STALE_FRAMES, in case only one stream's clock moved).
                 s.stale_from_ns = old_last[i] - self.max_spread_ns

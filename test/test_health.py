@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from flashocc_ros.health import ERROR, OK, STALE, WARN, HealthSnapshot, summarize_health
+import pytest
+
+from flashocc_ros.health import ERROR, OK, STALE, WARN, HealthMonitor, HealthSnapshot, summarize_health
 
 INFO = (("variant", "flashocc-r50-M0"), ("backend", "onnxruntime"), ("device", "cpu"))
 
@@ -19,7 +21,7 @@ def test_frames_in_the_interval_are_ok_with_rate_and_latency():
     report = summarize_health(now, before)
     values = dict(report.values)
     assert report.level == OK and report.level_name == "OK"
-    assert report.message == "4 frame(s) in 2.0 s (2.00 Hz), median latency 110 ms"
+    assert report.message == "output 4 frame(s) in the last 2.0 s (2.00 Hz), median latency 110 ms"
     assert values["output_rate_hz"] == "2.000" and values["latency_p50_ms"] == "110.0"
     assert float(values["latency_p95_ms"]) == 273.0  # numpy's linear percentile of the four latencies
     assert values["frames_processed"] == "14" and values["variant"] == "flashocc-r50-M0" and values["device"] == "cpu"
@@ -61,3 +63,103 @@ def test_warnings_silent_camera_invalid_camera_info_and_skipped_sets():
     # An error outranks every warning.
     both = snap(1.0, images_received=16, errors=1, silent_cameras=("CAM_BACK",), last_problem="ValueError: x")
     assert summarize_health(both, before).level == ERROR
+
+
+def _overloaded_ticks(n_ticks: int, input_hz: float = 12.0, output_period_s: float = 12.5, latency_ms: float = 400.0):
+    """Snapshots of a node whose camera sets arrive at `input_hz` while one frame goes out every `output_period_s`
+    (latest wins: every other complete set is replaced), one per 1 s watchdog tick."""
+    snaps = [snap(0.0)]
+    for t in range(1, n_ticks + 1):
+        complete = int(input_hz * t)
+        frames = int(t / output_period_s)
+        published_now = frames - int((t - 1) / output_period_s)
+        snaps.append(
+            snap(
+                float(t),
+                images_received=6 * complete,
+                sets_complete=complete,
+                frames_processed=frames,
+                sets_replaced=complete - frames,
+                recent_latencies_ms=(latency_ms,) * published_now,
+            )
+        )
+    return snaps
+
+
+def test_overload_is_a_warning_with_the_real_output_rate_not_one_hz():
+    """Issue 18 item 4: 99 % of the sets dropped, one output every 12.5 s: the per-tick rate used to read 1.00 Hz
+    (OK) whenever that frame fell into the 1 s tick. Over the sliding window the rate is the real one, the latency of
+    the last frame is kept, and the dropped sets are a WARN."""
+    monitor = HealthMonitor(window_s=30.0, max_dropped_fraction=0.5)
+    snaps = _overloaded_ticks(60)
+    reports = [monitor.update(s) for s in snaps]
+    for t, report in enumerate(reports[2:], start=2):
+        values = dict(report.values)
+        assert report.level == WARN, (t, report.message)
+        assert "dropped" in report.message and "replaced while processing was busy" in report.message
+        assert float(values["output_rate_hz"]) < 0.15, (t, values["output_rate_hz"])
+        assert float(values["sets_dropped_fraction"]) > 0.9
+    values = dict(reports[-1].values)
+    assert float(values["output_rate_hz"]) == pytest.approx(2 / 30.0, abs=1e-3)  # frames at 37.5 s and 50 s
+    assert values["latency_p50_ms"] == "400.0" and values["window_s"] == "30.0"
+
+
+def test_slow_output_without_drops_is_ok_and_the_window_smooths_the_rate():
+    """A slow replay (one set and one output every 2 s): OK, about 0.5 Hz on every tick, not 1.00 / waiting."""
+    monitor = HealthMonitor(window_s=10.0, max_dropped_fraction=0.5)
+    monitor.update(snap(0.0))
+    rates = []
+    for t in range(1, 31):
+        n = t // 2
+        report = monitor.update(
+            snap(
+                float(t),
+                images_received=6 * n,
+                sets_complete=n,
+                frames_processed=n,
+                recent_latencies_ms=(300.0,) if t % 2 == 0 else (),
+            )
+        )
+        if t > 10:
+            assert report.level == OK, report.message
+            rates.append(float(dict(report.values)["output_rate_hz"]))
+            assert dict(report.values)["latency_p50_ms"] == "300.0"
+    assert min(rates) >= 0.4 and max(rates) <= 0.6, rates
+
+
+def test_dropped_sets_below_the_threshold_or_after_the_window_are_ok():
+    monitor = HealthMonitor(window_s=5.0, max_dropped_fraction=0.5)
+    monitor.update(snap(0.0))
+    # 12 sets/s, 9 processed, 3 replaced each second: 25 % dropped, below the threshold.
+    for t in range(1, 6):
+        report = monitor.update(
+            snap(float(t), images_received=72 * t, sets_complete=12 * t, frames_processed=9 * t, sets_replaced=3 * t)
+        )
+        assert report.level == OK, report.message
+    # A burst of incomplete sets (a camera dropped out for 2 s) is a warning while it is in the window ...
+    base = dict(images_received=72 * 5, sets_complete=60, frames_processed=45, sets_replaced=15)
+    t = 5
+    for _ in range(2):
+        t += 1
+        base["images_received"] += 60
+        base["sets_incomplete"] = base.get("sets_incomplete", 0) + 12
+        report = monitor.update(snap(float(t), **base))
+    assert report.level == WARN and "incomplete" in report.message
+    # ... and forgotten once the window has passed with good sets.
+    for _ in range(6):
+        t += 1
+        base = {**base, "images_received": base["images_received"] + 72, "sets_complete": base["sets_complete"] + 12}
+        base["frames_processed"] += 12
+        report = monitor.update(snap(float(t), **base))
+    assert report.level == OK, report.message
+
+
+def test_stale_after_a_few_seconds_without_input_or_output():
+    monitor = HealthMonitor(window_s=10.0)
+    monitor.update(snap(0.0))
+    monitor.update(snap(1.0, images_received=6, sets_complete=1, frames_processed=1, recent_latencies_ms=(200.0,)))
+    levels = [
+        monitor.update(snap(float(t), images_received=6, sets_complete=1, frames_processed=1)) for t in (2, 3, 4, 5)
+    ]
+    assert [r.level for r in levels] == [OK, OK, STALE, STALE], [r.message for r in levels]
+    assert levels[-1].message == "no camera image and no output in the last 3.0 s"

@@ -584,6 +584,38 @@ def test_compressed_bad_inputs_are_reported_and_the_next_good_frame_is_served(co
     assert node.proc.poll() is None
 
 
+def test_compressed_one_frame_stamped_10_s_off_costs_one_set_not_a_reset(compressed_node):
+    """Issue 18 item 3 over DDS: CAM_BACK's frame of one sweep carries a stamp 10 s ahead (a clock glitch). Only
+    that set is lost (one incomplete set), the warning names the camera and the offset, nothing is reset, the
+    following sets are served and /diagnostics never reports the five publishing cameras as silent."""
+    node, driver = compressed_node
+    jpegs = good_jpegs(2)
+    driver.publish_infos()
+    driver.spin_for(0.2)
+    first = 500
+    driver.publish_set(stamp_of(first), jpegs)
+    before = driver.wait_output(stamp_of(first))["timing"].sets_incomplete
+    start, diag_start = len(node.lines), len(driver.diagnostics)
+    glitch, last = first + 2, first + 10
+    for frame in range(first + 1, last + 1):
+        if frame == glitch:  # CAM_BACK (index 4) publishes its frame with a stamp 10 s ahead
+            driver.publish_set(stamp_of(frame), jpegs, skip=(4,))
+            images = [None, None, None, None, jpegs[4], None]
+            driver.publish_set(stamp_of(frame) + 10_000_000_000, images, skip=(0, 1, 2, 3, 5))
+        else:
+            driver.publish_set(stamp_of(frame), jpegs)
+        driver.spin_for(0.3)
+    out = driver.wait_output(stamp_of(last))
+    assert out["timing"].sets_incomplete - before == 1, node.log()[-3000:]
+    expect_warning(
+        node, driver, r"camera CAM_BACK \(/CAM_BACK/image/compressed\): frame stamped \+(9\.9|10\.0)\d* s off", start
+    )
+    assert node.find(r"time went backwards", start) is None, node.log()[-3000:]
+    driver.spin_for(1.5)  # at least one more watchdog tick
+    silent = [d for d in driver.diagnostics[diag_start:] if d[2]["silent_cameras"]]
+    assert not silent, silent
+
+
 def test_compressed_moving_ego_uses_each_cameras_pose_like_the_official_pipeline(compressed_node, offline_pipeline):
     """/tf map -> base_link at every camera stamp (as the converter publishes it) for a vehicle at 15 m/s: the node's
     occupancy equals OccupancyPipeline given the devkit's per-camera ego2global (what flashocc-predict runs), and
@@ -662,6 +694,29 @@ def test_raw_overload_keeps_latency_bounded_and_memory_flat(raw_node):
     assert rss_end - rss_start < 100.0, (rss_start, rss_end)
 
 
+def test_raw_heavy_overload_is_a_diagnostics_warning_with_the_real_output_rate(raw_node):
+    """Issue 18 item 4 over DDS: sets arrive ten times faster than the node processes them. /diagnostics used to stay
+    OK and read "1.00 Hz" (one frame in a 1 s tick) while most sets were dropped; now the rate, latency and dropped
+    sets are measured over a 10 s window and the drops are a WARN."""
+    node, driver = raw_node
+    images = [make_image(i, 5) for i in range(6)]
+    driver.publish_infos()
+    driver.publish_set(stamp_of(300), images)
+    processing_s = driver.wait_output(stamp_of(300))["timing"].total_ms / 1000.0
+    diag_start = len(driver.diagnostics)
+    for k in range(1, 26):
+        driver.publish_set(stamp_of(300 + k), images)
+        driver.spin_for(max(processing_s / 10.0, 0.02))
+    level, message, values = driver.wait_diagnostic(
+        lambda level, message, values: level == 1 and "dropped" in message, "dropped sets WARN", start=diag_start
+    )
+    assert "replaced while processing was busy" in message, message
+    assert float(values["sets_dropped_fraction"]) > 0.5, values
+    # The window's rate cannot exceed what the node can process (it read 1.00 Hz here with ~2.5 s frames).
+    assert float(values["output_rate_hz"]) <= 1.2 / processing_s, (values, processing_s)
+    assert 0.0 < float(values["window_s"]) <= 11.0 and values["latency_p50_ms"] != "nan", values
+
+
 def test_bad_parameters_fail_at_start_with_a_clear_message(tmp_path_factory):
     require_ros()
     env = _module_env(tmp_path_factory)
@@ -675,6 +730,82 @@ def test_bad_parameters_fail_at_start_with_a_clear_message(tmp_path_factory):
         node._reader.join(5)
         assert node.proc.returncode == 2, node.log()
         assert node.find(pattern) is not None, node.log()
+
+
+def test_rate_limited_log_can_warn_then_error_through_an_rclpy_logger():
+    """rclpy refuses a call site whose severity changes ("Logger severity cannot be changed between calls"): with
+    warn and error sharing one line, the worker's first `processing failed` after any warning raised and killed it."""
+    require_ros()
+    from rclpy.logging import get_logger
+
+    from flashocc_ros.node import RateLimitedLog
+
+    log = RateLimitedLog(get_logger("flashocc_test_rate_limited_log"), 0.0)
+    log.warn("a", "a warning first")
+    log.error("b", "then an error")
+    log.warn("a", "and a warning again")
+
+
+def test_undeclared_overrides_suggest_the_closest_declared_name():
+    require_ros()
+    from flashocc_ros.node import undeclared_overrides
+
+    declared = ["sync.max_spread_ms", "sync.queue_size", "model.variant"]
+    overrides = {
+        "sync.max_spred_ms": 1,
+        "sync.queue_size": 2,
+        "qos_overrides./tf.depth": 3,
+        "foo": 4,
+        "use_sim_time": 5,
+    }
+    got = undeclared_overrides(overrides, declared, lambda name: name == "use_sim_time")
+    assert got == [("foo", None), ("sync.max_spred_ms", "sync.max_spread_ms")]
+
+
+def test_misspelled_parameter_is_reported_with_the_closest_name(tmp_path_factory):
+    """Issue 18 item 10: `-p sync.max_spred_ms:=50.0` used to be ignored without a word."""
+    require_ros()
+    node = NodeProcess(_module_env(tmp_path_factory), {"sync.max_spred_ms": "50.0", "tf.world_frame": "odom"})
+    try:
+        wait_for(lambda: node.find("listening to") or node.proc.poll() is not None, STARTUP_TIMEOUT, None, "start")
+        line = node.find(
+            r"parameter sync.max_spred_ms is not a parameter of flashocc_node and is IGNORED; "
+            r"did you mean sync.max_spread_ms\?"
+        )
+        assert line is not None and "WARN" in line, node.log()
+        assert node.find(r"world_frame.*IGNORED") is None, node.log()  # declared parameters are not reported
+    finally:
+        assert node.stop() == 0, node.log()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stopping_while_a_frame_is_processed_exits_cleanly(tmp_path_factory, sig):
+    """Issue 16: a signal during processing used to log `processing failed: RCLError: Failed to publish:
+    publisher's context is invalid` (the worker published after the context was shut down)."""
+    require_ros()
+    env = _module_env(tmp_path_factory)
+    node = NodeProcess(env, {})
+    ctx = _context(env)
+    driver = Driver(ctx, "compressed")
+    driver.node_log = node.log
+    try:
+        driver.publish_tf_static()
+        driver.wait_connected()
+        driver.publish_infos()
+        driver.spin_for(0.2)
+        jpegs = good_jpegs(0)
+        driver.publish_set(stamp_of(0), jpegs)
+        processing_s = driver.wait_output(stamp_of(0))["timing"].total_ms / 1000.0
+        driver.publish_set(stamp_of(1), jpegs)
+        driver.spin_for(min(0.3 * processing_s, 0.5))  # the worker is in the middle of this frame
+        node.proc.send_signal(sig)
+        rc = node.proc.wait(timeout=60)
+    finally:
+        driver.close()
+        ctx.try_shutdown()
+        node.stop()
+    assert rc == 0, node.log()
+    assert node.find(r"processing failed|Traceback|RCLError|context is invalid|ERROR") is None, node.log()
 
 
 def test_checkpoint_of_another_variant_fails_at_start(tmp_path_factory):

@@ -85,9 +85,12 @@ def test_time_going_backwards_resets_and_matches_the_new_timeline():
     sync = ApproximateTimeSync(6, 60 * MS)
     first = feed_sweeps(sync, 5, start_ms=5_000_000)
     assert len(first) == 5
-    # Bag loop: the key camera's next frame jumps back 100 s; frames of the old timeline still in flight on
-    # another camera must not poison the new timeline.
+    # Bag loop: the key camera's next frame jumps back 100 s (held: alone it could be a glitch), then a second
+    # camera follows (a loop: reset); frames of the old timeline still in flight on another camera must not poison
+    # the new timeline.
     r = sync.add(0, (5_000_000 - 100_000 + OFFSETS_MS[0]) * MS, payload=("new", 0))
+    assert r.held and not r.reset
+    r = sync.add(1, (5_000_000 - 100_000 + OFFSETS_MS[1]) * MS, payload=("new", 1))
     assert r.reset and sync.counters.resets == 1
     stale = sync.add(3, (5_000_000 + 5 * PERIOD_MS + OFFSETS_MS[3]) * MS, payload=("old", 3))
     assert stale.dropped_reason == "stale_after_reset"
@@ -141,8 +144,9 @@ def test_stamp_lag_follows_message_time_and_resets_with_the_timeline():
         sync.add(0, (1_000 + 500 * k) * MS, "a", received=5.0 + k)
         sync.add(1, (1_010 + 500 * k) * MS, "b", received=5.0 + k)
     assert sync.stamp_lag_ns(2) == 1_510 * MS and sync.stamp_lag_ns(0) == 10 * MS
-    sync.add(0, 10 * MS, "a")  # time went backwards: new timeline
-    assert sync.stamp_lag_ns(0) == 0 and sync.stamp_lag_ns(2) == 0
+    sync.add(0, 10 * MS, "a")  # time went backwards on two streams: new timeline
+    sync.add(1, 20 * MS, "b")
+    assert sync.stamp_lag_ns(1) == 0 and sync.stamp_lag_ns(0) == 10 * MS and sync.stamp_lag_ns(2) == 10 * MS
 
 
 def test_silent_streams_needs_wall_and_message_time_behind():
@@ -156,3 +160,65 @@ def test_silent_streams_needs_wall_and_message_time_behind():
     assert silent_streams(10.0, [9.9, 9.95, None], [0, 0, int(0.3 * s)], 1.0) == []
     # Everyone quiet (bag paused, end of data): nothing to report.
     assert silent_streams(10.0, [5.0, 5.0, 2.0], [0, 0, int(3 * s)], 1.0) == []
+
+
+def _feed_with_glitch(sync, n_sweeps, glitch_sweep, glitch_cam, offset_ms, start_ms=1_000_000):
+    """Feed sweeps in arrival order, one frame of `glitch_cam` in `glitch_sweep` stamped `offset_ms` off (a clock
+    glitch: the frame arrives in its usual place but carries a wrong stamp). Returns (sets, results)."""
+    events = []
+    for k in range(n_sweeps):
+        for cam, off in enumerate(OFFSETS_MS):
+            events.append(((start_ms + k * PERIOD_MS + off) * MS, cam, k))
+    events.sort()
+    sets, results = [], []
+    for stamp, cam, k in events:
+        if (k, cam) == (glitch_sweep, glitch_cam):
+            stamp += offset_ms * MS
+        r = sync.add(cam, stamp, payload=(k, cam), received=stamp * 1e-9)
+        results.append(r)
+        sets += r.sets
+    return sets, results
+
+
+@pytest.mark.parametrize("offset_ms", [10_000, -10_000])
+def test_a_single_frame_stamped_10_s_off_costs_only_its_own_set(offset_ms):
+    """Issue 18 item 3: one camera frame stamped +-10 s off is an outlier, not a bag loop: only the set of that
+    sweep is lost, the glitch is reported (camera and stamp offset), and no reset discards the other cameras."""
+    sync = ApproximateTimeSync(6, 60 * MS, queue_size=4)
+    sets, results = _feed_with_glitch(sync, 30, glitch_sweep=10, glitch_cam=4, offset_ms=offset_ms)
+    sweeps = sorted(s.frames[0].payload[0] for s in sets)
+    assert sweeps == [k for k in range(30) if k != 10], sweeps
+    assert sync.counters.resets == 0 and sync.counters.frames_stale_after_reset == 0
+    outliers = [o for r in results for o in r.outliers]
+    assert len(outliers) == 1 and outliers[0].stream == 4
+    assert outliers[0].offset_ns == pytest.approx(offset_ms * MS, abs=100 * MS)
+    assert sync.counters.frames_outlier == 1
+    # Every camera keeps publishing: none falls behind in message time.
+    assert max(sync.stamp_lag_ns(i) for i in range(6)) < 100 * MS
+
+
+def test_a_real_loop_resets_as_soon_as_a_second_camera_jumps_and_keeps_the_first_frames():
+    sync = ApproximateTimeSync(6, 60 * MS, queue_size=4)
+    assert len(feed_sweeps(sync, 5, start_ms=5_000_000)) == 5
+    new_start = 5_000_000 - 100_000
+    order = sorted(range(6), key=lambda c: OFFSETS_MS[c])
+    first = sync.add(order[0], (new_start + OFFSETS_MS[order[0]]) * MS, payload=(0, order[0]))
+    assert not first.reset and first.held  # one camera alone could be a glitch
+    second = sync.add(order[1], (new_start + OFFSETS_MS[order[1]]) * MS, payload=(0, order[1]))
+    assert second.reset and sync.counters.resets == 1  # two cameras agree: a loop
+    sets = []
+    for cam in order[2:]:
+        sets += sync.add(cam, (new_start + OFFSETS_MS[cam]) * MS, payload=(0, cam)).sets
+    # The first sweep of the new timeline is complete: the held frame of the first camera was not lost.
+    assert len(sets) == 1 and [f.payload for f in sets[0].frames] == [(0, c) for c in range(6)]
+    assert sync.counters.frames_outlier == 0
+
+
+def test_one_camera_whose_clock_really_moved_is_followed_after_a_few_frames():
+    sync = ApproximateTimeSync(2, 60 * MS)
+    for k in range(5):
+        sync.add(0, (1_000 + 100 * k) * MS, None)
+        sync.add(1, (1_010 + 100 * k) * MS, None)
+    results = [sync.add(1, (100 + 100 * k) * MS, None) for k in range(ApproximateTimeSync.CONFIRM_FRAMES)]
+    assert [r.reset for r in results] == [False] * (ApproximateTimeSync.CONFIRM_FRAMES - 1) + [True]
+    assert sync.counters.resets == 1 and sync.counters.frames_outlier == 0
