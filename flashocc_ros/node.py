@@ -44,6 +44,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
+from flashocc_ros import topics
 from flashocc_ros.config import (
     OCC_GRID,
     ConfigError,
@@ -440,20 +441,20 @@ class FlashOccNode(Node):
             reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.VOLATILE,
         )
-        self.pub_semantic = self.create_publisher(SemanticOccupancy, "/occupancy/semantic", out_qos)
+        self.pub_semantic = self.create_publisher(SemanticOccupancy, topics.SEMANTIC_TOPIC, out_qos)
         self.pub_panoptic = None
         if self.cfg.variant.panoptic:
-            self.pub_panoptic = self.create_publisher(PanopticOccupancy, "/occupancy/panoptic", out_qos)
-        self.pub_points = self.create_publisher(PointCloud2, "/occupancy/points", out_qos)
-        self.pub_markers = self.create_publisher(MarkerArray, "/occupancy/markers", out_qos)
-        self.pub_timing = self.create_publisher(InferenceTiming, "/occupancy/timing", out_qos)
+            self.pub_panoptic = self.create_publisher(PanopticOccupancy, topics.PANOPTIC_TOPIC, out_qos)
+        self.pub_points = self.create_publisher(PointCloud2, topics.POINTS_TOPIC, out_qos)
+        self.pub_markers = self.create_publisher(MarkerArray, topics.MARKERS_TOPIC, out_qos)
+        self.pub_timing = self.create_publisher(InferenceTiming, topics.TIMING_TOPIC, out_qos)
         try:  # diagnostic_msgs ships with every ROS 2 install; pip-only setups may lack it
             from diagnostic_msgs.msg import DiagnosticArray
         except ImportError:
             self.pub_diagnostics = None
             self.get_logger().info("diagnostic_msgs is not installed: /diagnostics is not published")
         else:
-            self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self.pub_diagnostics = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS_TOPIC, 10)
         self.get_logger().info(
             f"listening to {self.cfg.cameras.transport} images on {', '.join(c.image_topic for c in self.cameras)}"
         )
