@@ -36,7 +36,8 @@ PYVER="$("$PY" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_
 MSG_STAMP="$(stamp_of "$ROOT"/msg/*.msg "$ROOT/CMakeLists.txt" "$ROOT/test/interfaces/tf2_msgs/CMakeLists.txt" "$VENV/.pip_stamp")"
 if [ "$(cat "$VENV/.msg_stamp" 2>/dev/null)" != "$MSG_STAMP" ]; then
   log "fixing wheel-builder paths in the venv's exported CMake files"
-  grep -rlZ -e '/opt/python/cp311-cp311' "$VENV/share" --include='*.cmake' 2>/dev/null | xargs -0 -r sed -i \
+  # (grep finds nothing when the paths were fixed by an earlier run: not an error)
+  { grep -rlZ -e '/opt/python/cp311-cp311' "$VENV/share" --include='*.cmake' 2>/dev/null || true; } | xargs -0 -r sed -i \
     -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$NPINC#g" \
     -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/core/include#$NPINC#g" \
     -e "s#/opt/python/cp311-cp311/include/python3.11#$PYINC#g"
