@@ -687,10 +687,13 @@ def test_raw_overload_keeps_latency_bounded_and_memory_flat(raw_node):
     timings = [driver.outputs["timing"][s] for s in sorted(driver.outputs["timing"]) if s > stamp_of(200)]
     processing_ms = float(np.median([t.total_ms for t in timings]))
     latencies = [t.latency_ms for t in timings]
-    # Latest wins: a set waits at most for the frame in progress, then its own processing.
+    # Latest wins: a set waits at most for the frame in progress, then its own processing. The bound is relative to
+    # the processing time measured in this run, with generous slack: a safety net against queueing (latency growing
+    # with every set), not a speed target (speed is measured by benchmarks/bench_node.py).
     assert max(latencies) < 3.0 * processing_ms + 500.0, (latencies, processing_ms)
     assert timings[-1].sets_replaced >= 1
     assert len(timings) < n_sets  # some sets were replaced, not queued
+    # Generous safety net against a queue of decoded frames (each raw set is ~26 MB); memory is not a target here.
     assert rss_end - rss_start < 100.0, (rss_start, rss_end)
 
 
