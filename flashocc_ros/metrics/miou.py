@@ -3,7 +3,8 @@
 Voxels are selected with a visibility mask (``camera`` by default, as the FlashOcc / Occ3D tables use; ``lidar`` or
 ``none`` optionally), one 18 x 18 confusion matrix (rows = ground truth, columns = prediction, free included) is
 accumulated over all samples, IoU_c = TP / (TP + FP + FN) per class, and mIoU is the mean over the 17 non-free
-classes that occur (NaN classes are skipped). Ground-truth values outside 0..17 are ignored like the reference does.
+classes that occur (NaN classes are skipped). ``confusion_matrix`` skips ground-truth values outside 0..17 as the
+reference does; the evaluation's ground-truth loader refuses such files before they get here (docs/evaluation.md).
 """
 
 from __future__ import annotations
