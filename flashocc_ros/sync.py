@@ -110,6 +110,9 @@ class _Stream:
         self.held_backwards = False
         self.held_ref_ns = 0  # the old timeline's stamp they jumped from
         self.held_offset_ns = 0  # offset of the first held frame from the rig's newest stamp
+        # After a jump forward the next gap spans the jump: it is not a camera period (it would inflate the jump
+        # threshold so much that a later glitch passes as on the timeline).
+        self.skip_next_gap = False
 
     def period_ns(self) -> int | None:
         return int(statistics.median(self.gaps)) if self.gaps else None
@@ -266,6 +269,8 @@ class ApproximateTimeSync:
                 self.counters.frames_out_of_order += 1
                 result.dropped_reason = "out_of_order"
                 return
+            elif s.skip_next_gap:
+                s.skip_next_gap = False
             else:
                 s.gaps.append(stamp_ns - s.last_stamp_ns)
 
@@ -291,6 +296,8 @@ class ApproximateTimeSync:
             self.counters.jumps_forward += 1
             for i in streams:
                 self._streams[i].held = []
+            for s in self._streams:  # every stream's next gap spans the jump
+                s.skip_next_gap = s.last_stamp_ns is not None
         for f in frames:
             self._accept(f, result)
 

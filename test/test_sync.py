@@ -197,6 +197,20 @@ def test_a_single_frame_stamped_10_s_off_costs_only_its_own_set(offset_ms):
     assert max(sync.stamp_lag_ns(i) for i in range(6)) < 100 * MS
 
 
+def test_a_glitch_after_a_jump_forward_is_still_an_outlier():
+    """A jump forward (a paused bag resumed, a clock set forward) must not teach the synchronizer a camera period
+    as long as the jump: a glitch a few sweeps later is still caught and costs only its own set (it used to pass as
+    on the timeline, then the camera's next frames looked like a loop: a reset and 16 sets lost)."""
+    sync = ApproximateTimeSync(6, 60 * MS, queue_size=4)
+    # One sweep (as right after a bag loop reset: no period learnt yet), then the jump forward.
+    before, _ = _feed_with_glitch(sync, 1, glitch_sweep=-1, glitch_cam=0, offset_ms=0)
+    after, results = _feed_with_glitch(sync, 12, glitch_sweep=2, glitch_cam=4, offset_ms=10_000, start_ms=1_400_000)
+    assert len(before) == 1 and sync.counters.jumps_forward == 1
+    assert sorted(s.frames[0].payload[0] for s in after) == [k for k in range(12) if k != 2]
+    assert sync.counters.resets == 0 and sync.counters.frames_stale_after_reset == 0
+    assert [o.stream for r in results for o in r.outliers] == [4]
+
+
 def test_a_real_loop_resets_as_soon_as_a_second_camera_jumps_and_keeps_the_first_frames():
     sync = ApproximateTimeSync(6, 60 * MS, queue_size=4)
     assert len(feed_sweeps(sync, 5, start_ms=5_000_000)) == 5
