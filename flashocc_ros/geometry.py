@@ -238,7 +238,7 @@ def _inverse(m: torch.Tensor) -> torch.Tensor:
     only the poses)."""
     out = []
     for i in range(m.shape[0]):
-        key = m[i].numpy().tobytes() if m.dtype == torch.float32 else None
+        key = m[i].numpy().tobytes() if m.dtype == torch.float32 and m.device.type == "cpu" else None
         with _RAY_CACHE_LOCK:
             inv = _INVERSE_CACHE.get(key) if key is not None else None
         if inv is None:

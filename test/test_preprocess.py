@@ -198,3 +198,18 @@ def test_normalisation_tables_equal_normalize_for_every_value():
     np.testing.assert_array_equal(b[rgb[0, :, 2]], want[0, 0])
     np.testing.assert_array_equal(g[rgb[0, :, 1]], want[1, 0])
     np.testing.assert_array_equal(r[rgb[0, :, 0]], want[2, 0])
+
+
+def test_reduced_decode_into_a_buffer_falls_back_only_when_the_buffer_is_small(six_jpegs):
+    from flashocc_ros.preprocess import decode_jpeg_reduced
+
+    want, _ = decode_jpeg_reduced(six_jpegs[0], bgr=True)
+    small_buffer, aug = decode_jpeg_reduced(six_jpegs[0], bgr=True, buffer=np.empty(10, np.uint8))
+    np.testing.assert_array_equal(small_buffer, want)
+    assert aug.source_hw == (900, 1600)
+    rgb, _ = decode_jpeg_reduced(six_jpegs[0])
+    np.testing.assert_array_equal(rgb, want[..., ::-1])
+    truncated = six_jpegs[0][: len(six_jpegs[0]) // 2]
+    with pytest.raises(ValueError) as info:
+        decode_jpeg_reduced(truncated, bgr=True, buffer=np.empty(4_000_000, np.uint8))
+    assert "buffer" not in str(info.value)
