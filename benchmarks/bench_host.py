@@ -1,7 +1,7 @@
 """Host overhead per frame of flashocc_node's processing path, with the network replaced by a no-op runner.
 
     python benchmarks/bench_host.py [--variant flashocc-r50-M0] [--frames 30] [--ego-speed 15] [--device cpu|cuda]
-                                    [--workers 2] [--no-msgs] [--json OUT.json]
+                                    [--workers 2] [--no-msgs] [--json OUT.json] [--baseline REV [--rounds 4]]
 
 What a frame costs besides the network once the network runs at GPU speed (FlashOcc M0 TensorRT fp16: ~5 ms on
 an RTX 3090): six 1600x900 JPEGs (bench_node.py's textured synthetic images), a moving vehicle (per-camera ego
@@ -18,6 +18,12 @@ output (labels) is copied to the host as the real runner does.
 
 Reports per-stage medians and p95 (ms) and the total against the goals of issue 17 (<= 35 ms CPU-only,
 <= 10 ms on the GPU path).
+
+``--baseline REV`` compares with the package as of git revision REV (``git archive`` of ``flashocc_ros/`` into a
+temporary directory) in the same conditions: ``--rounds`` rounds, each running ``--frames`` frames of the baseline
+and of the working tree in fresh processes (alternating which goes first), the same images and poses; prints both
+(medians and p95 over all rounds' frames) and the ratio baseline / current per stage. On a shared machine this is
+the comparison to trust, not two separate runs.
 """
 
 from __future__ import annotations
@@ -32,14 +38,19 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# --package-root DIR (used by --baseline): import flashocc_ros from DIR instead of this checkout
+PACKAGE_ROOT = Path(sys.argv[sys.argv.index("--package-root") + 1]) if "--package-root" in sys.argv[:-1] else REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(PACKAGE_ROOT))
 
 from flashocc_ros.backends.base import OCC_LABELS, Runner  # noqa: E402
 from flashocc_ros.config import get_variant, load_config  # noqa: E402
 from flashocc_ros.geometry import RigCalibration, reference_rig  # noqa: E402
 
 GOAL_CPU_MS = 35.0
+# per-frame wall times of the stages, their total, and "cpu": the process's CPU time per frame (all threads; less
+# sensitive than wall time to other processes on a shared machine: on 2 cores the total cannot be below cpu / 2)
+STAGES = ("calibration", "decode_preprocess", "network", "postprocess", "publish", "total", "cpu")
 GOAL_GPU_MS = 10.0
 OFFSETS_S = np.array([30, 0, 10, 40, 25, 15]) * 1e-3  # per-camera stamp offsets inside a sweep (nuScenes-like)
 
@@ -129,9 +140,10 @@ def run(
     v = get_variant(variant)
     cfg = load_config(overrides={"model": {"variant": v.name, "backend": "pytorch", "device": device}})
     runner = NoopRunner(v, street_scene(), device)
-    stages = {k: [] for k in ("calibration", "decode_preprocess", "network", "postprocess", "publish", "total")}
+    stages = {k: [] for k in STAGES}
     with OccupancyPipeline(cfg, runner=runner, preprocess_workers=workers) as pipe:
         for i in range(warmup + frames):
+            c0 = time.process_time()
             t0 = time.perf_counter()
             calib = moving_calibration(i, ego_speed) if ego_speed > 0 else reference_rig()
             pipe.set_calibration(calib)
@@ -144,6 +156,7 @@ def run(
                 semantic_to_msg(result.semantic, header, v.name)
                 pointcloud2_msg(points, header)
             t3 = time.perf_counter()
+            c3 = time.process_time()
             if i < warmup:
                 continue
             tm = result.timings_ms
@@ -153,6 +166,7 @@ def run(
             stages["postprocess"].append(tm["postprocess"])
             stages["publish"].append((t3 - t2) * 1e3)
             stages["total"].append((t3 - t0) * 1e3)
+            stages["cpu"].append((c3 - c0) * 1e3)
         report = {k: percentiles(vals) for k, vals in stages.items()}
         report["details"] = {
             "variant": v.name,
@@ -166,7 +180,52 @@ def run(
             "preprocess_workers": workers,
             "load_average": list(os.getloadavg()),
         }
+        report["samples"] = stages
     return report
+
+
+def compare_with_baseline(args) -> dict:
+    """Alternate fresh-process runs of the package at ``args.baseline`` and of this checkout; returns
+    {"baseline": report, "current": report, "ratio": {stage: baseline median / current median}}."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench_host_") as tmp:
+        base_root = Path(tmp) / "baseline"
+        base_root.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", args.baseline, "flashocc_ros"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        archive_path = Path(tmp) / "baseline.tar"
+        archive_path.write_bytes(archive)
+        with tarfile.open(archive_path) as tar:
+            tar.extractall(base_root, filter="data")
+        samples = {"baseline": {k: [] for k in STAGES}, "current": {k: [] for k in STAGES}}
+        details = {}
+        for r in range(args.rounds):
+            order = [("baseline", base_root), ("current", REPO)]
+            for name, root in order if r % 2 == 0 else order[::-1]:
+                out = Path(tmp) / f"{name}_{r}.json"
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--package-root", str(root), "--json", str(out)]
+                cmd += ["--variant", args.variant, "--frames", str(args.frames), "--ego-speed", str(args.ego_speed)]
+                cmd += ["--device", args.device, "--workers", str(args.workers)] + (
+                    ["--no-msgs"] if args.no_msgs else []
+                )
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                rep = json.loads(out.read_text())
+                for k in STAGES:
+                    samples[name][k].extend(rep["samples"][k])
+                details[name] = rep["details"]
+    result = {}
+    for name in ("baseline", "current"):
+        result[name] = {k: percentiles(v) for k, v in samples[name].items()}
+        result[name]["details"] = details[name]
+    result["ratio"] = {k: result["baseline"][k]["median"] / max(result["current"][k]["median"], 1e-9) for k in STAGES}
+    result["revision"] = args.baseline
+    return result
 
 
 def main() -> int:
@@ -178,15 +237,20 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="decode/preprocess threads")
     ap.add_argument("--no-msgs", action="store_true", help="do not build ROS messages (arrays only)")
     ap.add_argument("--json", default="", help="also write the report here")
+    ap.add_argument("--baseline", default="", help="git revision to compare with (alternating fresh processes)")
+    ap.add_argument("--rounds", type=int, default=4, help="with --baseline: rounds of --frames frames each")
+    ap.add_argument("--package-root", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.baseline:
+        return print_comparison(compare_with_baseline(args), args)
     report = run(args.variant, args.frames, 3, args.ego_speed, args.device, args.workers, not args.no_msgs)
     d = report["details"]
     print(
         f"host overhead per frame, {d['variant']}, {d['device']}, six 1600x900 JPEGs, ego {d['ego_speed_mps']:g} m/s "
         f"({d['pool_index_computations']} index computations), no-op network, {d['frames']} frames"
     )
-    for k in ("calibration", "decode_preprocess", "network", "postprocess", "publish", "total"):
+    for k in STAGES:
         print(f"  {k:<18}: median {report[k]['median']:7.2f} ms   p95 {report[k]['p95']:7.2f} ms")
     goal = GOAL_GPU_MS if args.device == "cuda" else GOAL_CPU_MS
     print(f"  goal (issue 17)   : <= {goal:g} ms -> {'met' if report['total']['median'] <= goal else 'NOT met'}")
@@ -194,6 +258,28 @@ def main() -> int:
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def print_comparison(result: dict, args) -> int:
+    d = result["current"]["details"]
+    print(
+        f"host overhead per frame, {d['variant']}, {d['device']}, ego {d['ego_speed_mps']:g} m/s, no-op network: "
+        f"baseline {result['revision']} vs this checkout, {args.rounds} alternating rounds of {args.frames} frames"
+    )
+    print(f"  {'stage':<18}  {'baseline median / p95':>24}  {'current median / p95':>24}  ratio")
+    for k in STAGES:
+        b, c = result["baseline"][k], result["current"][k]
+        print(
+            f"  {k:<18}  {b['median']:10.2f} / {b['p95']:8.2f} ms  {c['median']:10.2f} / {c['p95']:8.2f} ms"
+            f"  {result['ratio'][k]:.2f}x"
+        )
+    goal = GOAL_GPU_MS if args.device == "cuda" else GOAL_CPU_MS
+    met = result["current"]["total"]["median"] <= goal
+    print(f"  goal (issue 17)   : <= {goal:g} ms -> {'met' if met else 'NOT met'} (current)")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

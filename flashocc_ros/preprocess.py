@@ -11,8 +11,10 @@ post_tran = (-left, -top, 0); the intrinsics stay those of the source image. Sou
 256 rows would need padding, which the official pipeline never does for nuScenes: they are rejected.
 
 Fast path (``preprocess_jpeg``): libjpeg-turbo DCT-domain downscale while decoding (simplejpeg, to the smallest
-scale >= the resized size, 800x450 for nuScenes), decode only as needed, then an OpenCV resize to the official
-resized size and the same crop/normalisation. Not bit-identical; its deviation is measured in docs/model.md.
+scale >= the resized size, 800x450 for nuScenes), then an OpenCV bilinear resize to the official resized size and
+the same crop/normalisation. Not bit-identical to the exact path; its deviation is measured in docs/model.md.
+Implemented with less work and the same values as that formulation (``finish_reduced``): BGR decode into a reused
+per-thread buffer, resize of only the rows the crop keeps (``_resize_band``), normalisation by table lookup.
 
 ``BatchPreprocessor`` runs either path for the six cameras on a small persistent thread pool (the decoders and
 resamplers release the GIL), writing straight into the network's input buffer; results equal the sequential ones.
@@ -156,16 +158,28 @@ def jpeg_size(jpeg: bytes) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def decode_jpeg_reduced(jpeg: bytes) -> tuple[np.ndarray, ImageAugmentation]:
+def decode_jpeg_reduced(jpeg: bytes, bgr: bool = False, buffer: np.ndarray | None = None):
     """Fast-path decode: libjpeg-turbo DCT-domain downscale to the smallest scale >= the official resized size
-    (800x450 for 1600x900). Returns the decoded RGB image and the augmentation of the JPEG's source size."""
+    (800x450 for 1600x900). Returns the decoded image (RGB, or BGR with ``bgr=True``; into ``buffer`` when given
+    and large enough, simplejpeg only) and the augmentation of the JPEG's source size."""
     aug = augmentation_for(jpeg_size(jpeg))
     new_w, new_h = aug.resized_wh
     if not simplejpeg_available():
-        return _decode_reduced_pillow(jpeg, new_w, new_h), aug
+        rgb = _decode_reduced_pillow(jpeg, new_w, new_h)
+        return (np.ascontiguousarray(rgb[..., ::-1]) if bgr else rgb), aug
     import simplejpeg
 
-    return simplejpeg.decode_jpeg(jpeg, colorspace="RGB", min_width=new_w, min_height=new_h), aug
+    colorspace = "BGR" if bgr else "RGB"
+    if buffer is not None:
+        try:
+            image = simplejpeg.decode_jpeg(
+                jpeg, colorspace=colorspace, min_width=new_w, min_height=new_h, buffer=buffer
+            )
+            return image, aug
+        except ValueError as exc:
+            if "buffer" not in str(exc).lower():
+                raise  # a bad JPEG, not a small buffer
+    return simplejpeg.decode_jpeg(jpeg, colorspace=colorspace, min_width=new_w, min_height=new_h), aug
 
 
 def _decode_reduced_pillow(jpeg: bytes, min_w: int, min_h: int) -> np.ndarray:
@@ -178,7 +192,9 @@ def _decode_reduced_pillow(jpeg: bytes, min_w: int, min_h: int) -> np.ndarray:
 
 
 def finish_reduced(small: np.ndarray, aug: ImageAugmentation, out: np.ndarray | None = None) -> np.ndarray:
-    """Fast-path rest: OpenCV bilinear resize to the official resized size, crop, normalise (into ``out``)."""
+    """Fast-path rest: OpenCV bilinear resize to the official resized size, crop, normalise (into ``out``).
+
+    ``small`` is the decoded RGB image; the result equals ``_finish_reduced_bgr`` on its BGR copy (tested)."""
     import cv2
 
     new_w, new_h = aug.resized_wh
@@ -188,13 +204,116 @@ def finish_reduced(small: np.ndarray, aug: ImageAugmentation, out: np.ndarray | 
     return normalize(small[top:bottom, left:right], out)
 
 
+@functools.cache
+def _normalize_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel uint8 -> float32 tables of ``normalize`` (B, G, R): every possible value put through the same
+    float32 subtract and divide, so a table lookup is bit-identical to ``normalize``."""
+    levels = np.arange(256, dtype=np.uint8)
+    table = normalize(np.stack([levels] * 3, axis=-1)[None])  # (3, 1, 256), B, G, R
+    return tuple(np.ascontiguousarray(table[c, 0]) for c in range(3))
+
+
+@functools.cache
+def _resize_band(decoded_hw: tuple[int, int], source_hw: tuple[int, int]) -> tuple[int, int, int] | None:
+    """Rows ``(first, last, skip)`` of the decoded image whose resize gives exactly the crop's rows: resizing rows
+    ``first:last`` to ``(last - first) * new_h / h`` rows and dropping ``skip`` rows equals the crop of the full
+    resize, bit for bit (OpenCV's bilinear resize maps output row ``y`` to source ``(y + 0.5) * h / new_h - 0.5``;
+    the band starts on a row where that map restarts: ``first = p*m``, output ``q*m`` with ``h / new_h = p / q``).
+    None when no smaller band exists or when a one-time check on a random image finds the band differs (then
+    the whole image is resized)."""
+    import math
+
+    import cv2
+
+    h, w = decoded_hw
+    aug = augmentation_for(source_hw)
+    new_w, new_h = aug.resized_wh
+    left, top, right, bottom = aug.crop
+    g = math.gcd(h, new_h)
+    p, q = h // g, new_h // g
+    m = top // q
+    k = -(-bottom // q) - m  # ceil(bottom / q) - m output blocks of q rows
+    first, last = p * m, p * (m + k)
+    if m == 0 or last > h:
+        return None
+    rng = np.random.default_rng(0)
+    probe = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    full = cv2.resize(probe, (new_w, new_h), interpolation=cv2.INTER_LINEAR)[top:bottom]
+    band = cv2.resize(probe[first:last], (new_w, q * k), interpolation=cv2.INTER_LINEAR)[top - q * m :][: bottom - top]
+    if not np.array_equal(full, band):
+        return None
+    return first, last, top - q * m
+
+
+class _Scratch(threading.local):
+    """Per-thread reusable buffers of the fast path (decoded image, resized band, channel planes)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        buf = self.buffers.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self.buffers[name] = np.empty(shape, dtype=np.uint8)
+        return buf
+
+
+_SCRATCH = _Scratch()
+
+
+def _decode_buffer(aug: ImageAugmentation) -> np.ndarray:
+    """This thread's buffer for the DCT-scaled decode of a source of ``aug.source_hw``: libjpeg-turbo scales by
+    M/8, the smallest scale keeping >= the resized size, so each side is < resized + source/8 + 1."""
+    (h, w), (new_w, new_h) = aug.source_hw, aug.resized_wh
+    return _SCRATCH.get("decoded", ((new_h + h // 8 + 2) * (new_w + w // 8 + 2) * 3,))
+
+
+def _finish_reduced_bgr(bgr: np.ndarray, aug: ImageAugmentation, out: np.ndarray) -> np.ndarray:
+    """``finish_reduced`` for a decoded BGR image, with less work and the same result: only the rows that survive
+    the crop are resized (``_resize_band``), and each channel plane is normalised by a table lookup
+    (``_normalize_tables``) straight into ``out``."""
+    import cv2
+
+    new_w, new_h = aug.resized_wh
+    left, top, right, bottom = aug.crop
+    h, w = bgr.shape[:2]
+    band = _resize_band((h, w), aug.source_hw) if (h, w) != (new_h, new_w) else None
+    if band is not None:
+        first, last, skip = band
+        rows = (last - first) * new_h // h
+        resized = _SCRATCH.get("band", (rows, new_w, 3))
+        cv2.resize(bgr[first:last], (new_w, rows), dst=resized, interpolation=cv2.INTER_LINEAR)
+        crop = resized[skip : skip + bottom - top, left:right]
+    else:
+        if (h, w) != (new_h, new_w):
+            bgr = cv2.resize(bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        crop = bgr[top:bottom, left:right]
+    tables = _normalize_tables()
+    plane = _SCRATCH.get("plane", crop.shape[:2])
+    # cv2 writes into dst= only when it fits exactly (else it returns a new array): a C-contiguous float32 target
+    direct = out.dtype == np.float32 and out.shape == (3, *crop.shape[:2]) and out.flags.c_contiguous
+    target = out if direct else np.empty((3, *crop.shape[:2]), dtype=np.float32)
+    for c in range(3):
+        cv2.extractChannel(crop, c, dst=plane)
+        cv2.LUT(plane, tables[c], dst=target[c])
+    if not direct:
+        out[...] = target
+    return out
+
+
 def preprocess_jpeg(jpeg: bytes, out: np.ndarray | None = None) -> np.ndarray:
     """Fast path: JPEG bytes -> (3, 256, 704) float32 via DCT-scaled decode + OpenCV linear resize.
 
     Uses the source size from the JPEG header for the crop rule, so post_rot/post_tran are those of
-    ``augmentation_for(jpeg_size(jpeg))`` exactly as for the exact path.
+    ``augmentation_for(jpeg_size(jpeg))`` exactly as for the exact path. Decodes to BGR into a per-thread buffer,
+    resizes only the rows the crop keeps and normalises by table lookup: the same values as ``finish_reduced`` on
+    the RGB decode (tested), ~0.5 ms less CPU per image.
     """
-    return finish_reduced(*decode_jpeg_reduced(jpeg), out)
+    if out is None:
+        out = np.empty((3, INPUT_H, INPUT_W), dtype=np.float32)
+    buffer = _decode_buffer(augmentation_for(jpeg_size(jpeg)))
+    bgr, aug = decode_jpeg_reduced(jpeg, bgr=True, buffer=buffer)
+    return _finish_reduced_bgr(bgr, aug, out)
 
 
 def preprocess_jpeg_exact(jpeg: bytes, out: np.ndarray | None = None) -> np.ndarray:
@@ -218,9 +337,10 @@ def _jpeg_item(data: bytes, out: np.ndarray, exact: bool) -> tuple[float, float]
         t1 = time.perf_counter()
         preprocess_image(rgb, out)
     else:
-        small, aug = decode_jpeg_reduced(data)
+        aug = augmentation_for(jpeg_size(data))
+        bgr, aug = decode_jpeg_reduced(data, bgr=True, buffer=_decode_buffer(aug))
         t1 = time.perf_counter()
-        finish_reduced(small, aug, out)
+        _finish_reduced_bgr(bgr, aug, out)
     return t1 - t0, time.perf_counter() - t1
 
 

@@ -279,3 +279,62 @@ def test_fast_geometry_uses_the_cached_rays_of_each_augmentation():
     far[0][:, 2, 3] += 100.0  # every camera 100 m up: nothing in the 6.4 m slab
     with pytest.raises(ValueError, match="no frustum point inside the BEV grid"):
         compute_pool_indices("M0", *far)
+
+
+def _moving_frames(num_frames: int):
+    """Key-ego transforms of the reference rig on a vehicle driving at 15 m/s with a yaw drift: every camera has
+    its own ego pose (stamps 0-40 ms apart), every frame differs; camera 0 is the key ego, so its transform stays."""
+    rig = reference_rig()
+    for k in range(num_frames):
+        e2g = rig.ego2global.copy()
+        for c, offset_s in enumerate((0.03, 0.0, 0.01, 0.04, 0.025, 0.015)):
+            t = k / 12 + offset_s
+            yaw = 0.3 + 0.05 * t
+            e2g[c, :3, :3] = _rotation([0, 0, yaw])
+            e2g[c, :3, 3] = [600.0 + 15.0 * t * np.cos(yaw), 1600.0 + 15.0 * t * np.sin(yaw), 0.0]
+        yield sensor_to_key_ego(rig.sensor2ego, e2g), rig.intrinsics
+
+
+def test_moving_vehicle_recomputes_only_the_changed_cameras_bit_identically(monkeypatch):
+    import flashocc_ros.geometry as geometry
+
+    aug = augmentation_for((900, 1600))
+    post_rot, post_tran = np.repeat(aug.post_rot[None], 6, 0), np.repeat(aug.post_tran[None], 6, 0)
+    computed = []
+    ego_points = geometry._ego_points
+    monkeypatch.setattr(geometry, "_ego_points", lambda v, cam: computed.append(cam) or ego_points(v, cam))
+    geometry._RANK_CACHE.clear()
+    previous = None
+    for k, (s2ke, intrinsics) in enumerate(_moving_frames(3)):
+        computed.clear()
+        new = compute_pool_indices("M0", s2ke, intrinsics, post_rot, post_tran)
+        old = compute_pool_indices_reference("M0", s2ke, intrinsics, post_rot, post_tran)
+        assert all(torch.equal(a, b) for a, b in zip(new.as_tuple(), old.as_tuple())), f"frame {k}"
+        if previous is not None:
+            unchanged = [c for c in range(6) if np.array_equal(s2ke[c], previous[c])]
+            assert unchanged == [0]  # the key camera
+            assert len(computed) == 5, f"frame {k}: {len(computed)} cameras computed"
+        previous = s2ke
+    # the same rig again: nothing recomputed; an identity bda given explicitly is the no-bda result
+    computed.clear()
+    again = compute_pool_indices("M0", s2ke, intrinsics, post_rot, post_tran, bda=np.eye(3))
+    assert computed == [] and all(torch.equal(a, b) for a, b in zip(again.as_tuple(), new.as_tuple()))
+    ref = compute_pool_indices_reference("M0", s2ke, intrinsics, post_rot, post_tran, bda=np.eye(3))
+    assert all(torch.equal(a, b) for a, b in zip(again.as_tuple(), ref.as_tuple()))
+    # another variant with the same cameras is its own cache entry
+    m1 = compute_pool_indices("M1", s2ke, intrinsics, post_rot, post_tran)
+    ref = compute_pool_indices_reference("M1", s2ke, intrinsics, post_rot, post_tran)
+    assert len(computed) == 6 and all(torch.equal(a, b) for a, b in zip(m1.as_tuple(), ref.as_tuple()))
+
+
+def test_cached_inverse_is_the_inverse_of_each_matrix():
+    from flashocc_ros.geometry import _inverse
+
+    gen = torch.Generator().manual_seed(4)
+    m = torch.randn(8, 3, 3, generator=gen)
+    first = _inverse(m)
+    m2 = m.clone()
+    m2[3] *= 2  # one matrix changes: its inverse changes, the others come from the cache
+    second = _inverse(m2)
+    assert torch.equal(first, torch.inverse(m)) and torch.equal(second, torch.inverse(m2))
+    assert not torch.equal(second[3], first[3]) and torch.equal(second[4], first[4])

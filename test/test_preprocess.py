@@ -143,3 +143,73 @@ def test_batch_preprocessor_names_the_first_failing_image(six_jpegs):
         assert info.value.index == 4
     with pytest.raises(ValueError, match="workers: expected >= 1"):
         BatchPreprocessor(0)
+
+
+@pytest.mark.parametrize(
+    "source_hw, band",
+    [
+        ((900, 1600), (150, 450, 8)),  # nuScenes: decoded 800x450, resized 704x396, crop rows 140:396
+        ((1080, 1920), (135, 405, 8)),  # decoded at 3/8: 720x405
+        ((1200, 1600), None),  # 4:3: the band (rows 300:600) differs in the last bit from the whole resize: unused
+        ((903, 1600), None),  # decoded 452 rows -> 397: no smaller band exists, the whole image is resized
+    ],
+)
+def test_fast_path_resizes_only_the_cropped_rows_with_the_same_values(source_hw, band):
+    """The fast path resizes only the rows the crop keeps, normalises by table lookup and decodes BGR into a reused
+    buffer: the values stay those of the previous fast path (whole-image resize, crop, ``normalize``), bit for
+    bit, for every source size, whether or not a band is used."""
+    from flashocc_ros.preprocess import _resize_band
+
+    rng = np.random.default_rng(source_hw)
+    h, w = source_hw
+    coarse = rng.uniform(0, 255, (h // 20 + 2, w // 20 + 2, 3)).astype(np.float32)
+    import cv2
+
+    img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 8, (h, w, 3))
+    jpeg = _encode(np.clip(img, 0, 255).astype(np.uint8), quality=90)
+    expected = _previous_fast_path(jpeg)
+    decoded_hw = _decode_reduced_shape(jpeg)
+    assert _resize_band(decoded_hw, source_hw) == band
+    np.testing.assert_array_equal(preprocess_jpeg(jpeg), expected)
+    out = np.full((2, 3, 256, 704), np.nan, np.float32)
+    preprocess_jpeg(jpeg, out[1])  # a contiguous slice of the batch buffer: written in place
+    np.testing.assert_array_equal(out[1], expected)
+    assert np.isnan(out[0]).all()
+    strided = np.full((3, 704, 256), np.nan, np.float32).transpose(0, 2, 1)  # not contiguous: copied in
+    assert preprocess_jpeg(jpeg, strided) is strided
+    np.testing.assert_array_equal(strided, expected)
+
+
+def _decode_reduced_shape(jpeg: bytes) -> tuple[int, int]:
+    import simplejpeg
+
+    aug = augmentation_for(jpeg_size(jpeg))
+    small = simplejpeg.decode_jpeg(jpeg, colorspace="RGB", min_width=aug.resized_wh[0], min_height=aug.resized_wh[1])
+    return small.shape[:2]
+
+
+def test_normalisation_tables_equal_normalize_for_every_value():
+    from flashocc_ros.preprocess import _normalize_tables
+
+    values = np.arange(256)
+    rgb = np.stack([values, (values * 7 + 3) % 256, (values * 13 + 5) % 256], -1).astype(np.uint8)[None]
+    want = normalize(rgb)  # (3, 1, 256): B, G, R; every value of every channel (7 and 13 are odd: permutations)
+    b, g, r = _normalize_tables()
+    np.testing.assert_array_equal(b[rgb[0, :, 2]], want[0, 0])
+    np.testing.assert_array_equal(g[rgb[0, :, 1]], want[1, 0])
+    np.testing.assert_array_equal(r[rgb[0, :, 0]], want[2, 0])
+
+
+def test_reduced_decode_into_a_buffer_falls_back_only_when_the_buffer_is_small(six_jpegs):
+    from flashocc_ros.preprocess import decode_jpeg_reduced
+
+    want, _ = decode_jpeg_reduced(six_jpegs[0], bgr=True)
+    small_buffer, aug = decode_jpeg_reduced(six_jpegs[0], bgr=True, buffer=np.empty(10, np.uint8))
+    np.testing.assert_array_equal(small_buffer, want)
+    assert aug.source_hw == (900, 1600)
+    rgb, _ = decode_jpeg_reduced(six_jpegs[0])
+    np.testing.assert_array_equal(rgb, want[..., ::-1])
+    truncated = six_jpegs[0][: len(six_jpegs[0]) // 2]
+    with pytest.raises(ValueError) as info:
+        decode_jpeg_reduced(truncated, bgr=True, buffer=np.empty(4_000_000, np.uint8))
+    assert "buffer" not in str(info.value)
