@@ -40,7 +40,6 @@ from flashocc_ros import topics
 from flashocc_ros.atomic import atomic_write_text
 from flashocc_ros.config import CLASS_NAMES, FREE_INDEX, OCC_GRID, GridSpec, OutputConfig
 from flashocc_ros.grids import check_labels, check_mask
-from flashocc_ros.ros_convert import OccupancyGrid, occupancy_from_msg, panoptic_from_msg
 from flashocc_ros.stamps import ns_from_us, split_ns, stamp_to_ns  # noqa: F401 (re-exported for the tools)
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -433,14 +432,6 @@ def samples_to_custom_data(samples: Sequence[SampleRecord]) -> str:
             for s in samples
         ]
     )
-
-
-def read_occupancy(path: str | Path, topic: str = SEMANTIC_TOPIC) -> list[OccupancyGrid]:
-    """All SemanticOccupancy (or PanopticOccupancy: its semantic part) messages of `topic`, in log-time order."""
-    out = []
-    for m in iter_messages(path, [topic]):
-        out.append(panoptic_from_msg(m.msg)[0] if m.msgtype == PANOPTIC_OCCUPANCY else occupancy_from_msg(m.msg))
-    return out
 
 
 def match_to_samples(

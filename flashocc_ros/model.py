@@ -122,11 +122,6 @@ _CONV_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_poin
 _POINTWISE_FUSION = {"enabled": _CONV_POINTWISE is not None and torch.backends.mkldnn.is_available()}
 
 
-def set_pointwise_fusion(enabled: bool) -> None:
-    """Globally enable/disable the fused oneDNN conv+add+ReLU calls (CPU inference only)."""
-    _POINTWISE_FUSION["enabled"] = bool(enabled) and _CONV_POINTWISE is not None
-
-
 def _pointwise_fusion_ok(x: torch.Tensor, residual: torch.Tensor | None) -> bool:
     if not _POINTWISE_FUSION["enabled"] or x.device.type != "cpu" or x.dtype != torch.float32:
         return False

@@ -277,11 +277,6 @@ class OccupancyPipeline:
         self._batch.close()
         self.runner.release()
 
-    @property
-    def last_logits(self) -> np.ndarray | None:
-        """(1, 200, 200, 16, 18) logits of the last run (a view, overwritten by the next run), if kept."""
-        return self.runner.outputs.get(OCC_LOGITS)
-
     def __enter__(self) -> OccupancyPipeline:
         return self
 

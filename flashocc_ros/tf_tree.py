@@ -13,7 +13,6 @@ Also loads a calibration YAML for fixed rigs (intrinsics + camera->ego per camer
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,13 +201,6 @@ class TransformTree:
         """Stamps stored for a dynamic edge (oldest first); [] for static or unknown frames."""
         edge = self._edges.get(_strip(child_frame))
         return [] if edge is None else [s.stamp_ns for s in edge.history]
-
-    def add_all(self, records: Iterable[Any], static: bool) -> int:
-        n = 0
-        for r in records:
-            self.add(r, static)
-            n += 1
-        return n
 
     def frames(self) -> list[str]:
         names = set(self._edges)

@@ -98,3 +98,38 @@ def test_known_edges_are_seen():
 def test_package_import_graph_has_no_cycles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# The layers of docs/architecture.md: a module may import only from its own layer or a lower one.
+LAYERS = {
+    0: "flashocc_ros config topics stamps atomic grids viz.colors dataset tools",
+    1: "tf_tree sync health ratelimit preprocess centers panoptic metrics metrics.miou metrics.ray dataset.devkit "
+    "dataset.synthetic ros_convert launch_support",
+    2: "geometry gpu_preprocess model bagio evaluation viz viz.raster viz.render",
+    3: "weights checkpoint loading backends backends.base backends.pooling backends.engine_cache backends.onnx_export "
+    "backends.tensorrt_env backends.calibration backends.torch_runner backends.ort_runner backends.tensorrt_runner",
+    4: "pipeline rig",
+    5: "node parameters qos ros_tf",
+    6: "dataset.nusc2bag viz.loaders viz.viewer",
+}
+
+
+def layer_of(module: str) -> int:
+    short = module.removeprefix(PACKAGE + ".") if module != PACKAGE else PACKAGE
+    for layer, names in LAYERS.items():
+        if short in names.split():
+            return layer
+    if short.startswith("tools."):
+        return 7
+    raise AssertionError(f"{module} has no layer: add it to LAYERS here and to docs/architecture.md")
+
+
+def test_every_import_goes_down_the_layers():
+    graph = import_graph()
+    upward = [
+        f"{m} (layer {layer_of(m)}) imports {d} (layer {layer_of(d)})"
+        for m, deps in sorted(graph.items())
+        for d in sorted(deps)
+        if layer_of(d) > layer_of(m)
+    ]
+    assert not upward, "\n".join(upward)

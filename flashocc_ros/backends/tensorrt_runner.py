@@ -68,14 +68,10 @@ class BuildOptions:
     precision: str = "fp16"
     workspace_mib: int = 4096
     hardware_compatible: bool = False  # AMPERE_PLUS engines (portable across Ampere+ GPUs, slower)
-    opt_rows: int = 0  # 0 = nuScenes rig defaults
-    opt_cells: int = 0
-    opt_rows_per_cell: int = 0
 
     def profile(self, variant: ModelVariant) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """(min, opt, max) shape of every dynamic input; max admits any rig (each point its own row)."""
-        d_rows, d_cells, d_j = NUSCENES_OPT_SHAPES.get(variant.depth_bins, NUSCENES_OPT_SHAPES[44])
-        rows, cells, j = self.opt_rows or d_rows, self.opt_cells or d_cells, self.opt_rows_per_cell or d_j
+        rows, cells, j = NUSCENES_OPT_SHAPES.get(variant.depth_bins, NUSCENES_OPT_SHAPES[44])
         max_rows = depth_size(variant.depth_bins)
         rows, cells, j = min(rows, max_rows), min(cells, NUM_BEV_CELLS), min(j, MAX_ROWS_PER_CELL)
         table = ((1, SLOT_WIDTH), (rows, SLOT_WIDTH), (max_rows, SLOT_WIDTH))
