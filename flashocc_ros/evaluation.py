@@ -209,12 +209,7 @@ def scene_sample_tokens(nusc, scene_token: str) -> list[str]:
 
 def split_sample_tokens(nusc, split: str) -> list[str]:
     """Keyframes of the split's scenes, scene by scene (table order), in time order."""
-    from nuscenes.utils.splits import create_splits_scenes
-
-    splits = create_splits_scenes()
-    if split not in splits:
-        raise EvaluationError(f"unknown split {split!r}; known: {', '.join(sorted(splits))}")
-    names = set(splits[split])
+    names = set(devkit.split_scene_names(split, EvaluationError))
     tokens = []
     for scene in nusc.scene:
         if scene["name"] in names:

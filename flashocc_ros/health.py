@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -64,7 +64,6 @@ HEALTH_COUNTERS = (
     "sets_skipped_calibration",
     "errors",
     "last_problem",
-    "recent_latencies_ms",
 )
 
 
@@ -104,13 +103,13 @@ class NodeCounters:
         with self._lock:
             self.recent_latencies_ms.append(latency_ms)
 
-    def take(self) -> dict:
-        """All counters at one instant, and the latencies collected since the previous take (then emptied)."""
+    def snapshot(self, time_s: float, **sync_state) -> HealthSnapshot:
+        """A HealthSnapshot of the counters at one instant plus `sync_state` (sets_complete, silent_cameras, ...);
+        the latencies collected since the previous snapshot are moved into it."""
         with self._lock:
-            out = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
-            out["recent_latencies_ms"] = tuple(self.recent_latencies_ms)
-            self.recent_latencies_ms = []
-        return out
+            latencies, self.recent_latencies_ms = tuple(self.recent_latencies_ms), []
+            counts = {name: getattr(self, name) for name in HEALTH_COUNTERS}
+        return HealthSnapshot(time_s=time_s, recent_latencies_ms=latencies, **counts, **sync_state)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from visualization_msgs.msg import MarkerArray
 from flashocc_ros import ros_convert as convert
 from flashocc_ros import topics
 from flashocc_ros.config import ConfigError
-from flashocc_ros.health import HEALTH_COUNTERS, HealthMonitor, HealthSnapshot, NodeCounters
+from flashocc_ros.health import HealthMonitor, HealthSnapshot, NodeCounters
 from flashocc_ros.msg import InferenceTiming, PanopticOccupancy, SemanticOccupancy
 from flashocc_ros.parameters import (
     DYNAMIC_PARAMETERS,
@@ -54,7 +54,7 @@ from flashocc_ros.rig import (
 from flashocc_ros.ros_convert import BadInput
 from flashocc_ros.ros_tf import transform_source
 from flashocc_ros.stamps import stamp_to_ns
-from flashocc_ros.sync import ApproximateTimeSync, CameraSet, LatestSlot, silent_streams
+from flashocc_ros.sync import ApproximateTimeSync, CameraSet, LatestSlot, silent_camera_warnings
 from flashocc_ros.tf_tree import load_calibration_file
 
 NODE_NAME = "flashocc_node"
@@ -239,32 +239,24 @@ class FlashOccNode(Node):
     def _check_silent_cameras(self) -> list[str]:
         """Warn about cameras silent while others publish; returns their names."""
         timeout = float(self._node_params["diagnostics.camera_timeout_s"])
-        now = time.monotonic()
         with self._lock:
             last = [self._sync.last_received(i) for i in range(len(self.cameras))]
             lag = [self._sync.stamp_lag_ns(i) for i in range(len(self.cameras))]
             incomplete = self._sync.counters.sets_incomplete
-        silent = silent_streams(now, last, lag, timeout)
-        for i in silent:
-            cam = self.cameras[i]
-            since = "nothing received yet" if last[i] is None else f"silent for {now - last[i]:.1f} s"
-            self._log.warn(
-                f"silent:{i}",
-                f"camera {cam.name} ({cam.image_topic}): {since} ({lag[i] * 1e-9:.1f} s behind in message time) "
-                f"while other cameras publish; {incomplete} incomplete sets so far",
-            )
-        return [self.cameras[i].name for i in silent]
+        cams = [(c.name, c.image_topic) for c in self.cameras]
+        warnings = silent_camera_warnings(time.monotonic(), cams, last, lag, timeout, incomplete)
+        for i, text in warnings:
+            self._log.warn(f"silent:{i}", text)
+        return [self.cameras[i].name for i, _ in warnings]
 
     def _health_snapshot(self, silent: list[str]) -> HealthSnapshot:
-        c = self.counters.take()
         with self._lock:
-            sets_complete, sets_incomplete = self._sync.counters.sets_complete, self._sync.counters.sets_incomplete
-        return HealthSnapshot(
-            time_s=time.monotonic(),
-            **{k: c[k] for k in HEALTH_COUNTERS},
-            sets_complete=sets_complete,
+            complete, incomplete = self._sync.counters.sets_complete, self._sync.counters.sets_incomplete
+        return self.counters.snapshot(
+            time.monotonic(),
+            sets_complete=complete,
             sets_replaced=self._slot.replaced,
-            sets_incomplete=sets_incomplete,
+            sets_incomplete=incomplete,
             silent_cameras=tuple(silent),
             camera_info_errors=self.rig.camera_info_errors(),
             info=self._health_info,

@@ -23,3 +23,13 @@ def load_nuscenes(dataroot: str | Path, version: str, error: type[Exception] = V
         return NuScenes(version=version, dataroot=str(root), verbose=False)
     except (AssertionError, FileNotFoundError, KeyError, ValueError) as exc:
         raise error(f"{root / version}: cannot load the nuScenes tables ({exc})") from exc
+
+
+def split_scene_names(split: str, error: type[Exception] = ValueError) -> list[str]:
+    """Scene names of a devkit split (train, val, test, mini_train, mini_val, ...); `error` names an unknown split."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    splits = create_splits_scenes()
+    if split not in splits:
+        raise error(f"--split {split}: unknown split; known: {', '.join(sorted(splits))}")
+    return list(splits[split])

@@ -101,15 +101,11 @@ def load_nuscenes(dataroot: str | Path, version: str):
 
 def scenes_of_split(nusc, split: str) -> list[str]:
     """Scene names of a devkit split (train, val, test, mini_train, mini_val, ...) present in this version."""
-    from nuscenes.utils.splits import create_splits_scenes
-
-    splits = create_splits_scenes()
-    if split not in splits:
-        raise ConversionError(f"--split {split}: unknown split; known: {', '.join(sorted(splits))}")
+    wanted = devkit.split_scene_names(split, ConversionError)
     present = {s["name"] for s in nusc.scene}
-    names = [s for s in splits[split] if s in present]
+    names = [s for s in wanted if s in present]
     if not names:
-        raise ConversionError(f"--split {split}: none of its {len(splits[split])} scenes is in {nusc.version}")
+        raise ConversionError(f"--split {split}: none of its {len(wanted)} scenes is in {nusc.version}")
     return names
 
 
