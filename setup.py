@@ -50,7 +50,7 @@ setup(
     extras_require={
         "offline": OFFLINE,
         "ros": ROS,
-        "tensorrt": ["tensorrt>=10", "cuda-python"],
+        "tensorrt": ["tensorrt>=10"],  # device buffers are CUDA tensors of PyTorch: no cuda-python
         "view": ["open3d"],
         "dev": ["pytest", "pytest-timeout", "ruff"],
     },

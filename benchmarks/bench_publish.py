@@ -30,7 +30,7 @@ from bench_panoptic import median_seconds, street_case  # noqa: E402
 from flashocc_ros.config import FIRST_INSTANCE_ID, FREE_INDEX, OCC_GRID  # noqa: E402
 from flashocc_ros.panoptic import assign_instances  # noqa: E402
 from flashocc_ros.ros_convert import (  # noqa: E402
-    POINT_DTYPE,
+    OCCUPANCY_POINT_DTYPE,
     marker_array_msg,
     occupied_points,
     panoptic_to_msg,
@@ -43,7 +43,7 @@ from flashocc_ros.viz.colors import CLASS_PALETTE, panoptic_colors  # noqa: E402
 def plain_occupied_points(semantic: np.ndarray, panoptic: np.ndarray | None = None) -> np.ndarray:
     """Baseline: the point records built field by field from np.nonzero (the package's previous implementation)."""
     ix, iy, iz = np.nonzero(semantic != FREE_INDEX)
-    pts = np.zeros(ix.size, dtype=POINT_DTYPE)
+    pts = np.zeros(ix.size, dtype=OCCUPANCY_POINT_DTYPE)
     pts["x"], pts["y"], pts["z"] = OCC_GRID.voxel_center(ix, iy, iz)
     labels = semantic[ix, iy, iz]
     pts["label"] = labels

@@ -37,8 +37,10 @@ from rosbags.rosbag2.storage_sqlite3 import Sqlite3Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from flashocc_ros import topics
+from flashocc_ros.atomic import atomic_write_text
 from flashocc_ros.config import CLASS_NAMES, FREE_INDEX, OCC_GRID, GridSpec, OutputConfig
 from flashocc_ros.grids import check_labels, check_mask
+from flashocc_ros.stamps import ns_from_us, split_ns, stamp_to_ns  # noqa: F401 (re-exported for the tools)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Names
@@ -152,19 +154,7 @@ LATCHED_QOS = make_qos(1, transient_local=True)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def ns_from_us(timestamp_us: int) -> int:
-    """nuScenes microseconds -> nanoseconds, exactly."""
-    return int(timestamp_us) * 1000
-
-
-def split_ns(stamp_ns: int) -> tuple[int, int]:
-    return int(stamp_ns) // 1_000_000_000, int(stamp_ns) % 1_000_000_000
-
-
-def stamp_ns(header_or_stamp: Any) -> int:
-    """builtin_interfaces/Time (or a Header) -> integer nanoseconds (works for rosbags and rclpy messages)."""
-    stamp = getattr(header_or_stamp, "stamp", header_or_stamp)
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+stamp_ns = stamp_to_ns  # the name the tools use
 
 
 def serialize(typestore, msg: Any, msgtype: str) -> bytes:
@@ -301,7 +291,7 @@ class MessageFactory:
         )
 
 
-POINT_DTYPE = np.dtype(
+LIDAR_POINT_DTYPE = np.dtype(
     {
         "names": ["x", "y", "z", "intensity", "ring"],
         "formats": [np.float32, np.float32, np.float32, np.float32, np.uint16],
@@ -312,9 +302,9 @@ POINT_DTYPE = np.dtype(
 
 
 def lidar_points_to_records(points: np.ndarray) -> np.ndarray:
-    """(N, 5) float32 nuScenes lidar rows (x, y, z, intensity, ring) -> POINT_DTYPE records."""
+    """(N, 5) float32 nuScenes lidar rows (x, y, z, intensity, ring) -> LIDAR_POINT_DTYPE records."""
     points = np.asarray(points, np.float32).reshape(-1, 5)
-    rec = np.zeros(len(points), POINT_DTYPE)
+    rec = np.zeros(len(points), LIDAR_POINT_DTYPE)
     for i, name in enumerate(("x", "y", "z", "intensity")):
         rec[name] = points[:, i]
     rec["ring"] = points[:, 4].astype(np.uint16)
@@ -322,64 +312,15 @@ def lidar_points_to_records(points: np.ndarray) -> np.ndarray:
 
 
 def pointcloud_to_records(msg: Any) -> np.ndarray:
-    """PointCloud2 written by `MessageFactory.pointcloud` -> POINT_DTYPE records."""
-    if int(msg.point_step) != POINT_DTYPE.itemsize:
-        raise ValueError(f"PointCloud2.point_step is {msg.point_step}, expected {POINT_DTYPE.itemsize}")
-    return np.frombuffer(np.asarray(msg.data, np.uint8).tobytes(), POINT_DTYPE)
+    """PointCloud2 written by `MessageFactory.pointcloud` -> LIDAR_POINT_DTYPE records."""
+    if int(msg.point_step) != LIDAR_POINT_DTYPE.itemsize:
+        raise ValueError(f"PointCloud2.point_step is {msg.point_step}, expected {LIDAR_POINT_DTYPE.itemsize}")
+    return np.frombuffer(np.asarray(msg.data, np.uint8).tobytes(), LIDAR_POINT_DTYPE)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Message readers (rosbags or rclpy messages)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OccupancyGrid:
-    """A SemanticOccupancy message as numpy: labels and masks (200, 200, 16) uint8 [ix, iy, iz]."""
-
-    stamp_ns: int
-    frame_id: str
-    labels: np.ndarray
-    mask_camera: np.ndarray | None
-    mask_lidar: np.ndarray | None
-    source: str
-
-
-def _uint8_field(value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value.astype(np.uint8, copy=False)
-    return np.frombuffer(bytes(value), np.uint8)
-
-
-def occupancy_from_msg(msg: Any, grid: GridSpec = OCC_GRID) -> OccupancyGrid:
-    """SemanticOccupancy (or the `semantic` part of a PanopticOccupancy) -> OccupancyGrid; checks the layout."""
-    shape = (int(msg.size_x), int(msg.size_y), int(msg.size_z))
-    if shape != tuple(grid.shape):
-        raise ValueError(f"SemanticOccupancy size {shape} does not match the grid {grid.shape}")
-    origin = (msg.origin.x, msg.origin.y, msg.origin.z)
-    if not np.allclose(origin, grid.lower) or not np.isclose(msg.voxel_size.x, grid.voxel_size):
-        raise ValueError(f"SemanticOccupancy origin {origin} / voxel {msg.voxel_size.x} differ from {grid}")
-    n = shape[0] * shape[1] * shape[2]
-    labels = _uint8_field(msg.labels)
-    if labels.size != n:
-        raise ValueError(f"SemanticOccupancy.labels has {labels.size} entries, expected {n}")
-    masks = []
-    for name in ("mask_camera", "mask_lidar"):
-        mask = _uint8_field(getattr(msg, name))
-        if mask.size not in (0, n):
-            raise ValueError(f"SemanticOccupancy.{name} has {mask.size} entries, expected 0 or {n}")
-        masks.append(mask.reshape(shape) if mask.size else None)
-    return OccupancyGrid(stamp_ns(msg.header), str(msg.header.frame_id), labels.reshape(shape), *masks, str(msg.source))
-
-
-def panoptic_from_msg(msg: Any, grid: GridSpec = OCC_GRID) -> tuple[OccupancyGrid, np.ndarray]:
-    """PanopticOccupancy -> (semantic OccupancyGrid, panoptic (200, 200, 16) int32)."""
-    sem = occupancy_from_msg(msg.semantic, grid)
-    pano = msg.panoptic
-    pano = pano.astype(np.uint16, copy=False) if isinstance(pano, np.ndarray) else np.asarray(pano, np.uint16)
-    if pano.size != sem.labels.size:
-        raise ValueError(f"PanopticOccupancy.panoptic has {pano.size} entries, expected {sem.labels.size}")
-    return sem, pano.reshape(sem.labels.shape).astype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -491,14 +432,6 @@ def samples_to_custom_data(samples: Sequence[SampleRecord]) -> str:
             for s in samples
         ]
     )
-
-
-def read_occupancy(path: str | Path, topic: str = SEMANTIC_TOPIC) -> list[OccupancyGrid]:
-    """All SemanticOccupancy (or PanopticOccupancy: its semantic part) messages of `topic`, in log-time order."""
-    out = []
-    for m in iter_messages(path, [topic]):
-        out.append(panoptic_from_msg(m.msg)[0] if m.msgtype == PANOPTIC_OCCUPANCY else occupancy_from_msg(m.msg))
-    return out
 
 
 def match_to_samples(
@@ -623,9 +556,7 @@ class BagWriter(Writer):
     def close(self) -> None:
         super().close()
         text = self.metapath.read_text()
-        tmp = self.metapath.with_suffix(".yaml.tmp")
-        tmp.write_text(_with_distro(text, self.distro))
-        tmp.replace(self.metapath)
+        atomic_write_text(self.metapath, _with_distro(text, self.distro))
 
 
 def open_writer(path: str | Path, *, storage: str = "mcap", distro: str = "kilted") -> BagWriter:

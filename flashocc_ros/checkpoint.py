@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from flashocc_ros.atomic import atomic_write
 from flashocc_ros.config import VARIANTS, get_variant
+from flashocc_ros.weights import variant_manifest
 
 WRAPPER_KEYS = ("state_dict", "model", "module")
 VARIANT_META_KEY = "flashocc_variant"
@@ -31,8 +33,6 @@ class CheckpointError(ValueError):
 @cache
 def variant_shapes(variant_name: str) -> dict[str, tuple[int, ...]]:
     """{key: shape} of a variant's state_dict (built on the meta device, no weights allocated)."""
-    from flashocc_ros.weights import variant_manifest
-
     return dict(variant_manifest(variant_name))
 
 
@@ -241,10 +241,4 @@ def save_clean_checkpoint(state_dict: Mapping[str, torch.Tensor], variant: str, 
     path = Path(path)
     sd = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in state_dict.items())
     payload = {"state_dict": sd, VARIANT_META_KEY: get_variant(variant).name, "meta": dict(meta or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(payload, tmp)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))

@@ -203,6 +203,40 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid; the message names the key and the value."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric setting; `lo_open` / `hi_open` exclude the bound."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+# The numeric ranges, declared once: validate() below checks them, the node declares them as parameter ranges.
+PARAMETER_RANGES: dict[str, Range] = {
+    "model.score_threshold": Range(0.0, 1.0, hi_open=True),
+    "sync.max_spread_ms": Range(0.0, 1000.0, lo_open=True),
+    "sync.queue_size": Range(1, 100),
+    "sync.tf_timeout_s": Range(0.0, 3600.0, lo_open=True),
+    "outputs.max_markers": Range(0, OCC_GRID.num_voxels),
+}
+
+
+def _check_range(section: str, key: str, value: float, prefix: str) -> None:
+    r = PARAMETER_RANGES[f"{section}.{key}"]
+    if value not in r:
+        raise ConfigError(f"{prefix}.{key}: {value!r} is outside {r}")
+
+
 @dataclass
 class ModelConfig:
     variant: str = DEFAULT_VARIANT
@@ -223,8 +257,7 @@ class ModelConfig:
         _choice(prefix, "pano_mode", self.pano_mode, PANO_MODES)
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"{prefix}.device: {self.device!r} is not auto, cpu, cuda or cuda:N")
-        if not (0.0 <= self.score_threshold < 1.0):
-            raise ConfigError(f"{prefix}.score_threshold: {self.score_threshold!r} is outside [0, 1)")
+        _check_range("model", "score_threshold", self.score_threshold, prefix)
 
 
 @dataclass
@@ -259,12 +292,8 @@ class SyncConfig:
     tf_timeout_s: float = 1.0
 
     def validate(self, prefix: str = "sync") -> None:
-        if not (0.0 < self.max_spread_ms <= 1000.0):
-            raise ConfigError(f"{prefix}.max_spread_ms: {self.max_spread_ms!r} is outside (0, 1000]")
-        if not (1 <= self.queue_size <= 100):
-            raise ConfigError(f"{prefix}.queue_size: {self.queue_size!r} is outside [1, 100]")
-        if not (self.tf_timeout_s > 0.0):
-            raise ConfigError(f"{prefix}.tf_timeout_s: {self.tf_timeout_s!r} must be > 0")
+        for key in ("max_spread_ms", "queue_size", "tf_timeout_s"):
+            _check_range("sync", key, getattr(self, key), prefix)
 
 
 @dataclass
@@ -280,8 +309,7 @@ class OutputConfig:
     def validate(self, prefix: str = "outputs") -> None:
         if not self.ego_frame:
             raise ConfigError(f"{prefix}.ego_frame: must not be empty")
-        if not (0 <= self.max_markers <= OCC_GRID.num_voxels):
-            raise ConfigError(f"{prefix}.max_markers: {self.max_markers!r} is outside [0, {OCC_GRID.num_voxels}]")
+        _check_range("outputs", "max_markers", self.max_markers, prefix)
 
 
 @dataclass

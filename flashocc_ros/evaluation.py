@@ -19,17 +19,17 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from flashocc_ros.atomic import atomic_save_npz, atomic_write, atomic_write_text
 from flashocc_ros.config import CLASS_COLORS, CLASS_NAMES, FREE_INDEX, NUM_CLASSES, OCC_GRID
+from flashocc_ros.dataset import devkit
 from flashocc_ros.grids import check_labels, check_mask, check_panoptic
 from flashocc_ros.metrics import miou as miou_metric
 from flashocc_ros.metrics import ray as ray_metric
@@ -159,14 +159,7 @@ def write_prediction(path: str | Path, semantic: np.ndarray, instances: np.ndarr
     arrays = {PRED_SEMANTIC_KEY: semantic.astype(np.uint8)}
     if instances is not None:
         arrays[PRED_INSTANCE_KEY] = np.asarray(instances, dtype=np.int32)
-    path = Path(path)
-
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    atomic_write(path, save)
-    return path
+    return atomic_save_npz(path, arrays, compressed=True)
 
 
 def index_predictions(pred_dir: str | Path) -> dict[str, Path]:
@@ -180,33 +173,14 @@ def index_predictions(pred_dir: str | Path) -> dict[str, Path]:
     return out
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path`` (no half-written files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Lidar origins (nuscenes-devkit)
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def load_nuscenes(dataroot: str | Path, version: str = "v1.0-trainval"):
-    """A devkit NuScenes object; a clear error when the tables are missing."""
-    from nuscenes.nuscenes import NuScenes
-
-    table_dir = Path(dataroot) / version
-    if not table_dir.is_dir():
-        raise EvaluationError(f"nuScenes tables not found: {table_dir} (check --dataroot and --version)")
-    return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    """A devkit NuScenes object; a clear EvaluationError when the tables are missing."""
+    return devkit.load_nuscenes(dataroot, version, EvaluationError)
 
 
 def _lidar_poses(nusc, sample_token: str) -> tuple[np.ndarray, np.ndarray]:
@@ -235,12 +209,7 @@ def scene_sample_tokens(nusc, scene_token: str) -> list[str]:
 
 def split_sample_tokens(nusc, split: str) -> list[str]:
     """Keyframes of the split's scenes, scene by scene (table order), in time order."""
-    from nuscenes.utils.splits import create_splits_scenes
-
-    splits = create_splits_scenes()
-    if split not in splits:
-        raise EvaluationError(f"unknown split {split!r}; known: {', '.join(sorted(splits))}")
-    names = set(splits[split])
+    names = set(devkit.split_scene_names(split, EvaluationError))
     tokens = []
     for scene in nusc.scene:
         if scene["name"] in names:
@@ -533,7 +502,7 @@ def format_table(result: EvaluationResult) -> str:
 
 def write_json(result: EvaluationResult, path: str | Path) -> None:
     text = json.dumps(result.to_json(), indent=1)
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write_text(path, text)
 
 
 def plot_per_class(result: EvaluationResult, path: str | Path) -> None:

@@ -18,16 +18,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from flashocc_ros.config import CAMERA_NAMES, IMAGE_AUG, ModelVariant, get_variant
+from flashocc_ros.config import CAMERA_NAMES, IMAGE_AUG, OCC_GRID, ModelVariant, get_variant
+from flashocc_ros.tf_tree import quaternion_xyzw_to_matrix, rigid
 
 NUM_CAMERAS = len(CAMERA_NAMES)
 FEATURE_STRIDE = 16  # image-encoder output stride (CustomFPN level 0)
 FEATURE_HW = (IMAGE_AUG.input_hw[0] // FEATURE_STRIDE, IMAGE_AUG.input_hw[1] // FEATURE_STRIDE)  # (16, 44)
 
-# LSS BEV grid of the view transformer (grid_config x/y/z of the configs): one 6.4 m high slab.
-BEV_LOWER = (-40.0, -40.0, -1.0)
-BEV_INTERVAL = (0.4, 0.4, 6.4)
-BEV_SIZE = (200, 200, 1)  # (Dx, Dy, Dz)
+# LSS BEV grid of the view transformer (grid_config x/y/z of the configs): the occupancy grid's x/y cells, one
+# 6.4 m high slab over its whole height: lower (-40, -40, -1), interval (0.4, 0.4, 6.4), size (200, 200, 1).
+BEV_LOWER = OCC_GRID.lower
+BEV_INTERVAL = (OCC_GRID.voxel_size, OCC_GRID.voxel_size, OCC_GRID.upper[2] - OCC_GRID.lower[2])
+BEV_SIZE = (OCC_GRID.shape[0], OCC_GRID.shape[1], 1)  # (Dx, Dy, Dz)
 MLP_INPUT_DIM = 27
 
 
@@ -603,24 +605,10 @@ _REFERENCE_RIG = {
 }
 
 
-def quaternion_to_matrix(q) -> np.ndarray:
-    """Unit quaternion (w, x, y, z) -> 3x3 rotation (normalised first, as pyquaternion does)."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(np.asarray(q, dtype=np.float64))
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
 def pose_matrix(quaternion, translation) -> np.ndarray:
     """4x4 float64 transform from a (w, x, y, z) quaternion and a translation."""
-    m = np.eye(4)
-    m[:3, :3] = quaternion_to_matrix(quaternion)
-    m[:3, 3] = translation
-    return m
+    w, x, y, z = quaternion
+    return rigid(quaternion_xyzw_to_matrix(x, y, z, w), translation)
 
 
 def reference_rig(float32: bool = True) -> RigCalibration:

@@ -20,6 +20,7 @@ show (and clear) at once; STALE needs STALE_AFTER_S without input and output. Ru
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -53,6 +54,62 @@ class HealthSnapshot:
     silent_cameras: tuple[str, ...] = ()
     camera_info_errors: tuple[str, ...] = ()
     info: tuple[tuple[str, str], ...] = field(default=())  # static key/values (variant, backend, device)
+
+
+# NodeCounters fields that a HealthSnapshot carries as they are.
+HEALTH_COUNTERS = (
+    "images_received",
+    "frames_processed",
+    "images_rejected",
+    "sets_skipped_calibration",
+    "errors",
+    "last_problem",
+)
+
+
+@dataclass
+class NodeCounters:
+    """The node's running counts, shared by the worker thread (frames, skips, errors), the executor callbacks
+    (images) and the watchdog (snapshots). Every change goes through `add` / `problem` / `latency` and every
+    consistent read through `take`, all under one lock; reading one attribute alone is a plain int read."""
+
+    frames_processed: int = 0
+    images_rejected: int = 0
+    sets_skipped_calibration: int = 0
+    calibration_updates: int = 0  # the rig (K, camera -> ego, image size) changed
+    ego_pose_updates: int = 0  # only the per-camera ego poses changed: voxel-pooling indices recomputed
+    ego_pose_reuses: int = 0  # poses changed by less than tf.pose_tolerance_m: indices kept
+    sets_uncompensated: int = 0  # processed with one shared ego pose (no world <- ego pose for them)
+    errors: int = 0
+    images_received: int = 0
+    last_problem: str = ""  # the latest skipped / failed set, as logged (for /diagnostics)
+    recent_latencies_ms: list[float] = field(default_factory=list)  # frames published since the last take()
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, name: str, n: int = 1) -> int:
+        """Increase counter `name` by `n`; returns the new value."""
+        with self._lock:
+            value = getattr(self, name) + n
+            setattr(self, name, value)
+            return value
+
+    def problem(self, name: str, text: str) -> None:
+        """Count one skipped / failed set under `name` and remember why."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+            self.last_problem = text
+
+    def latency(self, latency_ms: float) -> None:
+        with self._lock:
+            self.recent_latencies_ms.append(latency_ms)
+
+    def snapshot(self, time_s: float, **sync_state) -> HealthSnapshot:
+        """A HealthSnapshot of the counters at one instant plus `sync_state` (sets_complete, silent_cameras, ...);
+        the latencies collected since the previous snapshot are moved into it."""
+        with self._lock:
+            latencies, self.recent_latencies_ms = tuple(self.recent_latencies_ms), []
+            counts = {name: getattr(self, name) for name in HEALTH_COUNTERS}
+        return HealthSnapshot(time_s=time_s, recent_latencies_ms=latencies, **counts, **sync_state)
 
 
 @dataclass(frozen=True)

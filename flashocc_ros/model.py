@@ -122,11 +122,6 @@ _CONV_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_poin
 _POINTWISE_FUSION = {"enabled": _CONV_POINTWISE is not None and torch.backends.mkldnn.is_available()}
 
 
-def set_pointwise_fusion(enabled: bool) -> None:
-    """Globally enable/disable the fused oneDNN conv+add+ReLU calls (CPU inference only)."""
-    _POINTWISE_FUSION["enabled"] = bool(enabled) and _CONV_POINTWISE is not None
-
-
 def _pointwise_fusion_ok(x: torch.Tensor, residual: torch.Tensor | None) -> bool:
     if not _POINTWISE_FUSION["enabled"] or x.device.type != "cpu" or x.dtype != torch.float32:
         return False
@@ -645,27 +640,3 @@ def build_model(variant_name: str, device: str | torch.device = "cpu") -> FlashO
     else:
         model.use_channels_last = False
     return model.eval()
-
-
-def load_model(
-    variant: str | None = None,
-    checkpoint: str | None = None,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-) -> FlashOcc:
-    """Build a variant and load its weights strictly: from ``checkpoint`` (any layout checkpoint.load_checkpoint
-    accepts; the variant is detected when not given) or, without a checkpoint, the deterministic untrained weights
-    of ``seed`` (weights.deterministic_state_dict)."""
-    if checkpoint:
-        from flashocc_ros.checkpoint import load_checkpoint
-
-        state_dict, variant = load_checkpoint(checkpoint, variant)
-    else:
-        if variant is None:
-            raise ValueError("load_model: give a variant or a checkpoint")
-        from flashocc_ros.weights import deterministic_state_dict
-
-        state_dict = deterministic_state_dict(variant, seed)
-    model = build_model(variant, device)
-    model.load_state_dict(state_dict, strict=True)
-    return model

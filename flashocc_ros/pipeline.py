@@ -155,7 +155,7 @@ class OccupancyPipeline:
         """Decode + preprocess six JPEGs (see ``run_jpeg``) into the runner's input buffer, in parallel on
         ``preprocess_workers`` threads; returns the decode / preprocess times (wall time of the six, split in
         proportion to the per-image stage times)."""
-        from flashocc_ros.preprocess import BatchItemError
+        from flashocc_ros.preprocess import BatchItemError, jpeg_size
 
         self._require_calibration()
         jpegs = self._six(jpegs, "jpegs")
@@ -163,7 +163,7 @@ class OccupancyPipeline:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): expected bytes, got {type(data).__name__}")
             try:
-                hw = _jpeg_hw(bytes(data))
+                hw = jpeg_size(bytes(data))
             except (ValueError, OSError, RuntimeError) as exc:
                 raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG ({exc})") from exc
             self._check_size(i, hw)
@@ -277,23 +277,11 @@ class OccupancyPipeline:
         self._batch.close()
         self.runner.release()
 
-    @property
-    def last_logits(self) -> np.ndarray | None:
-        """(1, 200, 200, 16, 18) logits of the last run (a view, overwritten by the next run), if kept."""
-        return self.runner.outputs.get(OCC_LOGITS)
-
     def __enter__(self) -> OccupancyPipeline:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _jpeg_hw(data: bytes) -> tuple[int, int]:
-    """(H, W) from the JPEG header (simplejpeg, else Pillow: see preprocess.jpeg_size)."""
-    from flashocc_ros.preprocess import jpeg_size
-
-    return jpeg_size(data)
 
 
 def _image_index(message: str) -> int | None:

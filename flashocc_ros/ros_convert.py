@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import array
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from flashocc_ros.config import CLASS_NAMES, FIRST_INSTANCE_ID, FREE_INDEX, OCC_GRID, GridSpec
 from flashocc_ros.grids import check_labels, check_panoptic
+from flashocc_ros.preprocess import jpeg_size as jpeg_hw
+from flashocc_ros.stamps import stamp_to_ns
 from flashocc_ros.tf_tree import check_intrinsics
 from flashocc_ros.viz.colors import CLASS_PALETTE, instance_colors
 
@@ -47,15 +50,6 @@ def semantic_to_msg(semantic: np.ndarray, header: Any, source: str, spec: GridSp
     from flashocc_ros.msg import SemanticOccupancy
 
     return fill_semantic_msg(SemanticOccupancy(), semantic, header, source, spec)
-
-
-def msg_to_semantic(msg: Any) -> np.ndarray:
-    """SemanticOccupancy -> (size_x, size_y, size_z) uint8 array (a copy)."""
-    shape = (int(msg.size_x), int(msg.size_y), int(msg.size_z))
-    labels = np.frombuffer(msg.labels, dtype=np.uint8)
-    if labels.size != shape[0] * shape[1] * shape[2]:
-        raise BadInput(f"SemanticOccupancy.labels has {labels.size} entries, size_x*size_y*size_z = {shape}")
-    return labels.reshape(shape).copy()
 
 
 def panoptic_to_msg(
@@ -98,13 +92,54 @@ def panoptic_to_msg(
     return msg
 
 
-def msg_to_panoptic(msg: Any) -> tuple[np.ndarray, np.ndarray]:
-    """PanopticOccupancy -> (semantic uint8, panoptic int32), both (size_x, size_y, size_z)."""
-    semantic = msg_to_semantic(msg.semantic)
-    pano = np.frombuffer(msg.panoptic, dtype=np.uint16)
-    if pano.size != semantic.size:
-        raise BadInput(f"PanopticOccupancy.panoptic has {pano.size} entries, expected {semantic.size}")
-    return semantic, pano.reshape(semantic.shape).astype(np.int32)
+@dataclass(frozen=True)
+class OccupancyGrid:
+    """A SemanticOccupancy message as numpy: labels and masks (200, 200, 16) uint8 [ix, iy, iz]."""
+
+    stamp_ns: int
+    frame_id: str
+    labels: np.ndarray
+    mask_camera: np.ndarray | None
+    mask_lidar: np.ndarray | None
+    source: str
+
+
+def _uint8_field(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value.astype(np.uint8, copy=False)
+    return np.frombuffer(bytes(value), np.uint8)
+
+
+def occupancy_from_msg(msg: Any, grid: GridSpec = OCC_GRID) -> OccupancyGrid:
+    """SemanticOccupancy (or the `semantic` part of a PanopticOccupancy) -> OccupancyGrid; checks the layout."""
+    shape = (int(msg.size_x), int(msg.size_y), int(msg.size_z))
+    if shape != tuple(grid.shape):
+        raise BadInput(f"SemanticOccupancy size {shape} does not match the grid {grid.shape}")
+    origin = (msg.origin.x, msg.origin.y, msg.origin.z)
+    if not np.allclose(origin, grid.lower) or not np.isclose(msg.voxel_size.x, grid.voxel_size):
+        raise BadInput(f"SemanticOccupancy origin {origin} / voxel {msg.voxel_size.x} differ from {grid}")
+    n = shape[0] * shape[1] * shape[2]
+    labels = _uint8_field(msg.labels)
+    if labels.size != n:
+        raise BadInput(f"SemanticOccupancy.labels has {labels.size} entries, expected {n}")
+    masks = []
+    for name in ("mask_camera", "mask_lidar"):
+        mask = _uint8_field(getattr(msg, name))
+        if mask.size not in (0, n):
+            raise BadInput(f"SemanticOccupancy.{name} has {mask.size} entries, expected 0 or {n}")
+        masks.append(mask.reshape(shape) if mask.size else None)
+    header = msg.header
+    return OccupancyGrid(stamp_to_ns(header), str(header.frame_id), labels.reshape(shape), *masks, str(msg.source))
+
+
+def panoptic_from_msg(msg: Any, grid: GridSpec = OCC_GRID) -> tuple[OccupancyGrid, np.ndarray]:
+    """PanopticOccupancy -> (semantic OccupancyGrid, panoptic (200, 200, 16) int32)."""
+    sem = occupancy_from_msg(msg.semantic, grid)
+    pano = msg.panoptic
+    pano = pano.astype(np.uint16, copy=False) if isinstance(pano, np.ndarray) else np.asarray(pano, np.uint16)
+    if pano.size != sem.labels.size:
+        raise BadInput(f"PanopticOccupancy.panoptic has {pano.size} entries, expected {sem.labels.size}")
+    return sem, pano.reshape(sem.labels.shape).astype(np.int32)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -112,17 +147,17 @@ def msg_to_panoptic(msg: Any) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------------------------
 
 # x, y, z, rgb (RViz convention: float32 holding 0x00RRGGBB bits), label, instance (0 = none).
-POINT_DTYPE = np.dtype(
+OCCUPANCY_POINT_DTYPE = np.dtype(
     [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4"), ("label", "<u2"), ("instance", "<u2")]
 )
 
 
 @functools.lru_cache(maxsize=4)
 def _voxel_records(spec: GridSpec) -> np.ndarray:
-    """(X*Y*Z,) POINT_DTYPE records with x, y, z = every voxel centre in [ix,iy,iz] C order, the rest 0 (cached,
-    read-only; 12.8 MB for the 200x200x16 grid). Taking the occupied rows of it is one contiguous gather."""
+    """(X*Y*Z,) OCCUPANCY_POINT_DTYPE records with x, y, z = every voxel centre in [ix,iy,iz] C order, the rest 0
+    (cached, read-only; 12.8 MB for the 200x200x16 grid). Taking the occupied rows of it is one contiguous gather."""
     ix, iy, iz = np.unravel_index(np.arange(int(np.prod(spec.shape))), spec.shape)
-    records = np.zeros(ix.size, dtype=POINT_DTYPE)
+    records = np.zeros(ix.size, dtype=OCCUPANCY_POINT_DTYPE)
     records["x"], records["y"], records["z"] = spec.voxel_center(ix, iy, iz)
     records.setflags(write=False)
     return records
@@ -138,7 +173,7 @@ CLASS_RGB_PACKED: np.ndarray = _packed_rgb(CLASS_PALETTE)
 
 
 def occupied_points(semantic: np.ndarray, panoptic: np.ndarray | None = None, spec: GridSpec = OCC_GRID) -> np.ndarray:
-    """Structured array (POINT_DTYPE) with one record per non-free voxel centre, in [ix,iy,iz] C order.
+    """Structured array (OCCUPANCY_POINT_DTYPE) with one record per non-free voxel centre, in [ix,iy,iz] C order.
 
     Colour: class colour, or instance colour for voxels with an instance id when `panoptic` is given.
     """
@@ -168,7 +203,7 @@ def occupied_points(semantic: np.ndarray, panoptic: np.ndarray | None = None, sp
 
 
 def pointcloud2_msg(points: np.ndarray, header: Any) -> Any:
-    """sensor_msgs/PointCloud2 (unordered, height 1) from a POINT_DTYPE structured array."""
+    """sensor_msgs/PointCloud2 (unordered, height 1) from a OCCUPANCY_POINT_DTYPE structured array."""
     from sensor_msgs.msg import PointCloud2, PointField
 
     kinds = {"<f4": PointField.FLOAT32, "<u4": PointField.FLOAT32, "<u2": PointField.UINT16}
@@ -176,25 +211,27 @@ def pointcloud2_msg(points: np.ndarray, header: Any) -> Any:
     msg.header = header
     msg.height = 1
     msg.width = int(points.size)
+    dtype = OCCUPANCY_POINT_DTYPE
     msg.fields = [
-        PointField(name=name, offset=int(POINT_DTYPE.fields[name][1]), datatype=kinds[POINT_DTYPE[name].str], count=1)
-        for name in POINT_DTYPE.names
+        PointField(name=name, offset=int(dtype.fields[name][1]), datatype=kinds[dtype[name].str], count=1)
+        for name in dtype.names
     ]
     msg.is_bigendian = False
-    msg.point_step = POINT_DTYPE.itemsize
+    msg.point_step = OCCUPANCY_POINT_DTYPE.itemsize
     msg.row_step = msg.point_step * msg.width
     msg.is_dense = True
     data = array.array("B")  # filled straight from the records' buffer: one copy (bytes would make two)
-    data.frombytes(np.ascontiguousarray(points, dtype=POINT_DTYPE).view(np.uint8))
+    data.frombytes(np.ascontiguousarray(points, dtype=OCCUPANCY_POINT_DTYPE).view(np.uint8))
     msg.data = data
     return msg
 
 
 def pointcloud2_to_points(msg: Any) -> np.ndarray:
     """Inverse of `pointcloud2_msg` (for tests and tools)."""
-    if msg.point_step != POINT_DTYPE.itemsize or [f.name for f in msg.fields] != list(POINT_DTYPE.names):
+    dtype = OCCUPANCY_POINT_DTYPE
+    if msg.point_step != dtype.itemsize or [f.name for f in msg.fields] != list(dtype.names):
         raise BadInput(f"PointCloud2 layout {[f.name for f in msg.fields]} is not the occupancy point layout")
-    return np.frombuffer(msg.data, dtype=POINT_DTYPE).copy()
+    return np.frombuffer(msg.data, dtype=OCCUPANCY_POINT_DTYPE).copy()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -308,12 +345,59 @@ def compressed_jpeg_bytes(msg: Any, topic: str = "image") -> bytes:
     return raw
 
 
-def jpeg_size(data: bytes, topic: str = "image") -> tuple[int, int]:
-    """(width, height) from the JPEG header; BadInput for a corrupt header."""
+def find_corrupt_jpeg(jpegs: list[bytes], topics: list[str]) -> BadInput | None:
+    """BadInput naming the first of `jpegs` (received on `topics`) that does not decode, or None."""
     import simplejpeg
 
+    for topic, data in zip(topics, jpegs):
+        try:
+            simplejpeg.decode_jpeg(data, colorspace="RGB")
+        except (ValueError, RuntimeError) as exc:
+            return BadInput(f"{topic}: corrupt JPEG ({exc})")
+    return None
+
+
+def jpeg_size(data: bytes, topic: str = "image") -> tuple[int, int]:
+    """(width, height) from the JPEG header (preprocess.jpeg_size); BadInput for a corrupt header."""
     try:
-        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-    except (ValueError, RuntimeError) as exc:
+        h, w = jpeg_hw(data)
+    except (ValueError, RuntimeError, OSError) as exc:
         raise BadInput(f"{topic}: corrupt JPEG header ({exc})") from exc
-    return int(w), int(h)
+    return w, h
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Timing and diagnostics
+# --------------------------------------------------------------------------------------------------------------
+
+TIMING_STAGES = ("decode", "preprocess", "inference", "postprocess")  # OccupancyResult.timings_ms keys
+
+
+def timing_msg(header: Any, backend: str, timings_ms: dict | None, **fields: float) -> Any:
+    """flashocc_ros/InferenceTiming: the pipeline's stage times (`<stage>_ms`) and the node's `fields` (publish_ms,
+    total_ms, latency_ms, sync_spread_ms and counters, by field name)."""
+    from flashocc_ros.msg import InferenceTiming
+
+    msg = InferenceTiming(header=header, backend=backend)
+    timings_ms = timings_ms or {}
+    for stage in TIMING_STAGES:
+        setattr(msg, f"{stage}_ms", float(timings_ms.get(stage, 0.0)))
+    for name, value in fields.items():
+        setattr(msg, name, value)
+    return msg
+
+
+def diagnostics_msg(report: Any, name: str, hardware_id: str, stamp: Any) -> Any:
+    """diagnostic_msgs/DiagnosticArray with one DiagnosticStatus from a `health.HealthReport`."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus(
+        level=bytes([report.level]),
+        name=name,
+        message=report.message,
+        hardware_id=hardware_id,
+        values=[KeyValue(key=k, value=v) for k, v in report.values],
+    )
+    msg = DiagnosticArray(status=[status])
+    msg.header.stamp = stamp
+    return msg

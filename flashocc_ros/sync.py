@@ -456,3 +456,23 @@ def silent_streams(
         return []
     timeout_ns = timeout_s * 1e9
     return [i for i, ok in enumerate(recent) if not ok and (stamp_lag_ns[i] is None or stamp_lag_ns[i] >= timeout_ns)]
+
+
+def silent_camera_warnings(
+    now: float,
+    cameras: Sequence[tuple[str, str]],
+    last_received: Sequence[float | None],
+    stamp_lag_ns: Sequence[int | None],
+    timeout_s: float,
+    sets_incomplete: int,
+) -> list[tuple[int, str]]:
+    """(index, warning) for every camera (name, topic) that `silent_streams` reports."""
+    out = []
+    for i in silent_streams(now, last_received, stamp_lag_ns, timeout_s):
+        name, topic = cameras[i]
+        last, lag = last_received[i], stamp_lag_ns[i]
+        since = "nothing received yet" if last is None else f"silent for {now - last:.1f} s"
+        behind = "" if lag is None else f" ({lag * 1e-9:.1f} s behind in message time)"
+        text = f"camera {name} ({topic}): {since}{behind} while other cameras publish"
+        out.append((i, f"{text}; {sets_incomplete} incomplete sets so far"))
+    return out

@@ -13,7 +13,6 @@ Also loads a calibration YAML for fixed rigs (intrinsics + camera->ego per camer
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from flashocc_ros.config import CAMERA_NAMES, ConfigError
+from flashocc_ros.stamps import stamp_to_ns
 
 DEFAULT_CACHE_TIME_S = 10.0  # history kept per dynamic edge, as tf2's default Buffer cache_time
 MAX_HISTORY = 10_000  # hard bound on stored transforms per dynamic edge (whatever their rate)
@@ -167,8 +167,7 @@ class TransformTree:
             raise ValueError(f"transform with empty frame id (parent={parent!r}, child={child!r})")
         if parent == child:
             raise ValueError(f"transform from frame {child!r} to itself")
-        stamp = record.header.stamp
-        stamp_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+        stamp_ns = stamp_to_ns(record.header.stamp)
         matrix = transform_to_matrix(record.transform)
         if static:
             self._edges[child] = _Edge(parent, matrix, stamp_ns, True)
@@ -202,13 +201,6 @@ class TransformTree:
         """Stamps stored for a dynamic edge (oldest first); [] for static or unknown frames."""
         edge = self._edges.get(_strip(child_frame))
         return [] if edge is None else [s.stamp_ns for s in edge.history]
-
-    def add_all(self, records: Iterable[Any], static: bool) -> int:
-        n = 0
-        for r in records:
-            self.add(r, static)
-            n += 1
-        return n
 
     def frames(self) -> list[str]:
         names = set(self._edges)

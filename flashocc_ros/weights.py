@@ -19,7 +19,10 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
-from flashocc_ros.config import get_variant
+from flashocc_ros.config import CAMERA_NAMES, IMAGE_AUG, get_variant
+from flashocc_ros.geometry import reference_rig
+from flashocc_ros.model import FlashOcc
+from flashocc_ros.preprocess import augmentation_for
 
 BACKBONE_GAIN = 0.6
 DEFAULT_GAIN = 1.0
@@ -74,8 +77,6 @@ def state_dict_from_manifest(manifest: Mapping[str, Iterable[int]], seed: int) -
 
 def variant_manifest(variant_name: str) -> OrderedDict:
     """{key: shape} of the variant's state_dict, built without allocating weights."""
-    from flashocc_ros.model import FlashOcc
-
     with torch.device("meta"):
         model = FlashOcc(get_variant(variant_name))
     return OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items())
@@ -98,8 +99,6 @@ def deterministic_images(seed: int = 0) -> np.ndarray:
     """(1, 6, 3, 256, 704) float32 already-normalised synthetic images: per camera and channel, 12 plane waves
     a*cos(2*pi*(fx*u + fy*v) + phi) (fx, fy ~ U(-0.04, 0.04), phi ~ U(0, 2*pi), a ~ U(0.2, 0.6)) plus
     0.25 * N(0, 1) noise, standardised to zero mean and unit std."""
-    from flashocc_ros.config import CAMERA_NAMES, IMAGE_AUG
-
     h, w = IMAGE_AUG.input_hw
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), IMAGE_SEED_SALT]))
     v, u = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
@@ -120,9 +119,6 @@ def deterministic_images(seed: int = 0) -> np.ndarray:
 def deterministic_inputs(seed: int = 0) -> dict[str, np.ndarray]:
     """The seven test-time inputs in the golden IN.npz layout (batch 1): imgs, sensor2egos, ego2globals, intrins,
     post_rots, post_trans, bda — synthetic images on the reference nuScenes rig."""
-    from flashocc_ros.geometry import reference_rig
-    from flashocc_ros.preprocess import augmentation_for
-
     rig = reference_rig()
     aug = augmentation_for(rig.image_hw)
     n = rig.intrinsics.shape[0]

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Bound at import: tests may monkeypatch flashocc_ros.model.load_model to serve these cached models, and the cache
+# Bound at import: tests may monkeypatch flashocc_ros.loading.load_model to serve these cached models, and the cache
 # must still build with the real loader (a late import would find the patched one and recurse).
-from flashocc_ros.model import load_model as _real_load_model
+from flashocc_ros.loading import load_model as _real_load_model
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 VARIANT_NAMES = (

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flashocc_ros import bagio
+from flashocc_ros import bagio, ros_convert
 from flashocc_ros.config import CLASS_NAMES, FREE_INDEX, OCC_GRID
 
 
@@ -79,7 +79,7 @@ def test_semantic_occupancy_round_trip_through_cdr():
     msg = make.semantic_occupancy(123_000_456, labels, mask_camera=cam, mask_lidar=lidar, source="ground_truth")
     raw = bagio.serialize(store, msg, bagio.SEMANTIC_OCCUPANCY)
     assert len(raw) % 4 == 0
-    back = bagio.occupancy_from_msg(store.deserialize_cdr(raw, bagio.SEMANTIC_OCCUPANCY))
+    back = ros_convert.occupancy_from_msg(store.deserialize_cdr(raw, bagio.SEMANTIC_OCCUPANCY))
     assert back.stamp_ns == 123_000_456 and back.frame_id == "base_link" and back.source == "ground_truth"
     np.testing.assert_array_equal(back.labels, labels)
     np.testing.assert_array_equal(back.mask_camera, cam)
@@ -88,7 +88,7 @@ def test_semantic_occupancy_round_trip_through_cdr():
     assert msg.labels[(3 * 200 + 7) * 16 + 5] == labels[3, 7, 5]
     assert list(msg.class_names) == list(CLASS_NAMES) and msg.free_index == FREE_INDEX
 
-    pred = bagio.occupancy_from_msg(make.semantic_occupancy(1, labels, source="flashocc-r50-M0"))
+    pred = ros_convert.occupancy_from_msg(make.semantic_occupancy(1, labels, source="flashocc-r50-M0"))
     assert pred.mask_camera is None and pred.mask_lidar is None
 
 
@@ -99,10 +99,10 @@ def test_bad_grids_are_named():
     msg = make.semantic_occupancy(0, np.zeros(OCC_GRID.shape, np.uint8))
     msg.labels = msg.labels[:-1]
     with pytest.raises(ValueError, match="labels has 639999 entries"):
-        bagio.occupancy_from_msg(msg)
+        ros_convert.occupancy_from_msg(msg)
     msg.size_z = 8
     with pytest.raises(ValueError, match=r"size \(200, 200, 8\)"):
-        bagio.occupancy_from_msg(msg)
+        ros_convert.occupancy_from_msg(msg)
 
 
 @pytest.mark.ros
@@ -116,7 +116,7 @@ def test_rclpy_reads_our_padded_cdr_and_the_helpers_read_rclpy_messages():
     labels, cam, lidar = random_grids(2)
     raw = bagio.serialize(store, make.semantic_occupancy(5, labels, mask_camera=cam), bagio.SEMANTIC_OCCUPANCY)
     rc = deserialize_message(raw, SemanticOccupancy)
-    grid = bagio.occupancy_from_msg(rc)
+    grid = ros_convert.occupancy_from_msg(rc)
     np.testing.assert_array_equal(grid.labels, labels)
     np.testing.assert_array_equal(grid.mask_camera, cam)
     assert grid.mask_lidar is None
@@ -130,7 +130,7 @@ def test_rclpy_reads_our_padded_cdr_and_the_helpers_read_rclpy_messages():
     ids = np.arange(OCC_GRID.num_voxels, dtype=np.uint16) % 40
     pano.panoptic = array.array("H", ids.tobytes())
     back = store.deserialize_cdr(serialize_message(pano), bagio.PANOPTIC_OCCUPANCY)  # rclpy bytes -> rosbags
-    sem, ids_back = bagio.panoptic_from_msg(back)
+    sem, ids_back = ros_convert.panoptic_from_msg(back)
     np.testing.assert_array_equal(sem.labels, labels)
     np.testing.assert_array_equal(ids_back.ravel(), ids.astype(np.int32))
 

@@ -163,3 +163,47 @@ def test_stale_after_a_few_seconds_without_input_or_output():
     ]
     assert [r.level for r in levels] == [OK, OK, STALE, STALE], [r.message for r in levels]
     assert levels[-1].message == "no camera image and no output in the last 3.0 s"
+
+
+def test_node_counters_are_consistent_under_concurrent_workers_and_snapshots():
+    """Worker, executor and watchdog share NodeCounters: every increment and every latency is counted exactly
+    once, whatever the interleaving with snapshots (which move the latencies out)."""
+    import sys
+    import threading
+
+    from flashocc_ros.health import NodeCounters
+
+    counters = NodeCounters()
+    n_threads, n = 4, 2000
+    taken: list = []
+    stop = threading.Event()
+
+    def worker():
+        for _ in range(n):
+            counters.add("frames_processed")
+            counters.latency(1.0)
+            counters.problem("errors", "boom")
+
+    def watchdog():
+        while not stop.is_set():
+            taken.append(counters.snapshot(0.0))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        watch = threading.Thread(target=watchdog)
+        watch.start()
+        workers = [threading.Thread(target=worker) for _ in range(n_threads)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        stop.set()
+        watch.join()
+    finally:
+        sys.setswitchinterval(old)
+    last = counters.snapshot(1.0)
+    assert last.frames_processed == last.errors == n_threads * n and last.last_problem == "boom"
+    assert sum(len(s.recent_latencies_ms) for s in [*taken, last]) == n_threads * n
+    frames = [s.frames_processed for s in taken]
+    assert frames == sorted(frames)  # snapshots never go back

@@ -447,9 +447,9 @@ def shared_ego_answer(pipeline, frame: int) -> np.ndarray:
 
 
 def semantic_of(msg) -> np.ndarray:
-    from flashocc_ros.ros_convert import msg_to_semantic
+    from flashocc_ros.ros_convert import occupancy_from_msg
 
-    return msg_to_semantic(msg)
+    return occupancy_from_msg(msg).labels
 
 
 def check_header(msg, stamp_ns: int) -> None:
@@ -741,7 +741,7 @@ def test_rate_limited_log_can_warn_then_error_through_an_rclpy_logger():
     require_ros()
     from rclpy.logging import get_logger
 
-    from flashocc_ros.node import RateLimitedLog
+    from flashocc_ros.ratelimit import RateLimitedLog
 
     log = RateLimitedLog(get_logger("flashocc_test_rate_limited_log"), 0.0)
     log.warn("a", "a warning first")
@@ -751,7 +751,7 @@ def test_rate_limited_log_can_warn_then_error_through_an_rclpy_logger():
 
 def test_undeclared_overrides_suggest_the_closest_declared_name():
     require_ros()
-    from flashocc_ros.node import undeclared_overrides
+    from flashocc_ros.parameters import undeclared_overrides
 
     declared = ["sync.max_spread_ms", "sync.queue_size", "model.variant"]
     overrides = {

@@ -11,7 +11,7 @@ import pytest
 from benchmarks.bench_publish import plain_occupied_points  # the benchmark's baseline: the plain construction
 from flashocc_ros.config import CLASS_NAMES, FREE_INDEX, OCC_GRID
 from flashocc_ros.ros_convert import (
-    POINT_DTYPE,
+    OCCUPANCY_POINT_DTYPE,
     BadInput,
     camera_info_intrinsics,
     check_image_size,
@@ -39,7 +39,7 @@ def test_occupied_points_positions_labels_colours():
     grid[0, 0, 0] = 4  # car, min corner voxel
     grid[199, 100, 15] = 11  # driveable_surface
     pts = occupied_points(grid)
-    assert pts.dtype == POINT_DTYPE and pts.size == 2
+    assert pts.dtype == OCCUPANCY_POINT_DTYPE and pts.size == 2
     np.testing.assert_allclose([pts["x"][0], pts["y"][0], pts["z"][0]], [-39.8, -39.8, -0.8], atol=1e-5)
     np.testing.assert_allclose([pts["x"][1], pts["y"][1], pts["z"][1]], [39.8, 0.2, 5.2], atol=1e-5)
     assert pts["label"].tolist() == [4, 11]
@@ -161,7 +161,7 @@ def test_compressed_bytes_and_header():
 def test_semantic_and_panoptic_roundtrip():
     from std_msgs.msg import Header
 
-    from flashocc_ros.ros_convert import msg_to_panoptic, msg_to_semantic, panoptic_to_msg, semantic_to_msg
+    from flashocc_ros.ros_convert import occupancy_from_msg, panoptic_from_msg, panoptic_to_msg, semantic_to_msg
 
     grid = sample_grid()
     header = Header(frame_id="base_link")
@@ -170,7 +170,7 @@ def test_semantic_and_panoptic_roundtrip():
     assert (msg.size_x, msg.size_y, msg.size_z) == (200, 200, 16)
     assert list(msg.class_names) == list(CLASS_NAMES) and msg.free_index == FREE_INDEX
     assert (msg.origin.x, msg.origin.y, msg.origin.z) == (-40.0, -40.0, -1.0)
-    np.testing.assert_array_equal(msg_to_semantic(msg), grid)
+    np.testing.assert_array_equal(occupancy_from_msg(msg).labels, grid)
     # Layout promised by the .msg: labels[(ix * size_y + iy) * size_z + iz].
     assert msg.labels[(5 * 200 + 7) * 16 + 3] == grid[5, 7, 3]
 
@@ -184,8 +184,8 @@ def test_semantic_and_panoptic_roundtrip():
         voxel_count=np.array([int((grid == 4).sum())]),
     )
     pmsg = panoptic_to_msg(grid, pano, instances, header, "panoptic-flashocc-r50-depth-tiny-pano", "corrected")
-    sem2, pano2 = msg_to_panoptic(pmsg)
-    np.testing.assert_array_equal(sem2, grid)
+    sem2, pano2 = panoptic_from_msg(pmsg)
+    np.testing.assert_array_equal(sem2.labels, grid)
     np.testing.assert_array_equal(pano2, pano)
     assert pmsg.mode == "corrected" and pmsg.semantic.header.frame_id == "base_link"
     (inst,) = pmsg.instances

@@ -236,3 +236,20 @@ def test_one_camera_whose_clock_really_moved_is_followed_after_a_few_frames():
     results = [sync.add(1, (100 + 100 * k) * MS, None) for k in range(ApproximateTimeSync.CONFIRM_FRAMES)]
     assert [r.reset for r in results] == [False] * (ApproximateTimeSync.CONFIRM_FRAMES - 1) + [True]
     assert sync.counters.resets == 1 and sync.counters.frames_outlier == 0
+
+
+def test_silent_camera_warnings_name_camera_topic_and_lag():
+    from flashocc_ros.sync import silent_camera_warnings
+
+    s = 1_000_000_000
+    cams = [("CAM_A", "/a"), ("CAM_B", "/b"), ("CAM_C", "/c")]
+    got = silent_camera_warnings(10.0, cams, [9.9, 9.95, 7.0], [0, 0, int(3 * s)], 1.0, 4)
+    assert got == [
+        (
+            2,
+            "camera CAM_C (/c): silent for 3.0 s (3.0 s behind in message time) while other cameras publish; "
+            "4 incomplete sets so far",
+        )
+    ]
+    got = silent_camera_warnings(10.0, cams, [9.9, 9.95, None], [0, 0, int(2 * s)], 1.0, 0)
+    assert got[0][1].startswith("camera CAM_C (/c): nothing received yet (2.0 s behind")

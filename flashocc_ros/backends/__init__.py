@@ -69,7 +69,7 @@ def tensorrt_available() -> tuple[bool, str]:
 
         if not torch.cuda.is_available():
             return False, "no CUDA GPU visible to PyTorch"
-        from flashocc_ros.backends.tensorrt_runner import import_tensorrt
+        from flashocc_ros.backends.tensorrt_env import import_tensorrt
 
         import_tensorrt()
     except BackendError as exc:
@@ -154,15 +154,13 @@ def load_weights(model_cfg: ModelConfig) -> tuple[dict, str]:
         path = Path(os.path.expanduser(model_cfg.checkpoint))
         if not path.is_file():
             raise FileNotFoundError(f"model.checkpoint: file not found: {path}")
-        from flashocc_ros.checkpoint import load_checkpoint
-
-        state_dict, name = load_checkpoint(str(path), variant=variant.name)
-        if get_variant(name).name != variant.name:
-            raise ConfigError(f"model.checkpoint: {path} holds variant {name!r}, model.variant is {variant.name!r}")
     else:
-        from flashocc_ros.weights import deterministic_state_dict
+        path = None
+    from flashocc_ros.loading import load_state_dict
 
-        state_dict = deterministic_state_dict(variant.name, DETERMINISTIC_SEED)
+    state_dict, name = load_state_dict(variant.name, path, DETERMINISTIC_SEED)
+    if get_variant(name).name != variant.name:
+        raise ConfigError(f"model.checkpoint: {path} holds variant {name!r}, model.variant is {variant.name!r}")
     from flashocc_ros.backends.onnx_export import weights_digest
 
     return state_dict, weights_digest(state_dict)[:16]

@@ -163,9 +163,9 @@ def EntropyCalibrator(
     """A ``tensorrt.IInt8EntropyCalibrator2`` feeding ``source`` with the rig's pooling tables (default: nuScenes)."""
     import torch
 
-    from flashocc_ros.backends.engine_cache import atomic_write_bytes
+    from flashocc_ros.atomic import atomic_write_bytes
     from flashocc_ros.backends.pooling import pool_tables_from_indices
-    from flashocc_ros.backends.tensorrt_runner import cuda_device, import_tensorrt
+    from flashocc_ros.backends.tensorrt_env import cuda_device, import_tensorrt
     from flashocc_ros.geometry import prepare_geometry, reference_rig
 
     trt = import_tensorrt()

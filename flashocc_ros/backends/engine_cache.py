@@ -13,10 +13,10 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from flashocc_ros.atomic import atomic_write_bytes
 from flashocc_ros.backends.base import BackendError
 from flashocc_ros.config import PRECISIONS
 
@@ -121,20 +121,6 @@ def check_engine(engine_path: str | Path, wanted: EngineKey) -> None:
             + "\n  - ".join(diffs)
             + "\nRebuild it (flashocc-export engine ...) or leave model.engine empty to use the engine cache."
         )
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename (no half-written files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_engine(engine_path: str | Path, engine_bytes: bytes, key: EngineKey) -> Path:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from flashocc_ros.atomic import atomic_write_bytes
 from flashocc_ros.backends.base import (
     CENTER_HEATMAP,
     CENTER_HEIGHT,
@@ -37,7 +38,6 @@ from flashocc_ros.backends.base import (
     BackendError,
     output_specs,
 )
-from flashocc_ros.backends.engine_cache import atomic_write_bytes
 from flashocc_ros.backends.pooling import POOL_INPUTS, SLOT_WIDTH, gather_pool, pool_tables_from_indices
 from flashocc_ros.config import ModelVariant, get_variant
 

@@ -34,47 +34,9 @@ from flashocc_ros.backends.pooling import (
     depth_size,
     pool_tables_from_indices,
 )
+from flashocc_ros.backends.tensorrt_env import cuda_device, import_tensorrt
 from flashocc_ros.config import ModelVariant
 from flashocc_ros.geometry import PoolIndices
-
-MIN_TENSORRT_MAJOR = 10
-
-
-def import_tensorrt():
-    """The tensorrt module, or BackendError explaining what is missing."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendError(
-            "TensorRT backend: the Python package `tensorrt` is not installed (pip install tensorrt; it needs an "
-            "NVIDIA GPU and driver). Use model.backend: onnxruntime or pytorch, or backend: auto."
-        ) from exc
-    except OSError as exc:  # shared libraries of the wheel could not be loaded
-        raise BackendError(f"TensorRT backend: `import tensorrt` failed to load its libraries: {exc}") from exc
-    major = int(str(trt.__version__).split(".")[0])
-    if major < MIN_TENSORRT_MAJOR:
-        raise BackendError(
-            f"TensorRT {trt.__version__} is too old: this package uses the TensorRT {MIN_TENSORRT_MAJOR}.x name-based "
-            "tensor API (execute_async_v3)"
-        )
-    return trt
-
-
-def cuda_device(device: str = "cuda"):
-    """torch.device for TensorRT, or BackendError when no usable CUDA GPU is visible."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise BackendError(
-            "TensorRT backend: no CUDA GPU is visible (torch.cuda.is_available() is False; torch "
-            f"{torch.__version__}, CUDA build {torch.version.cuda}). TensorRT needs an NVIDIA GPU, and this "
-            "package allocates its device buffers with a CUDA build of PyTorch."
-        )
-    dev = torch.device(device if str(device).startswith("cuda") else "cuda")
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
-    if index >= torch.cuda.device_count():
-        raise BackendError(f"TensorRT backend: device {device!r} requested, {torch.cuda.device_count()} GPU(s) present")
-    return torch.device("cuda", index)
 
 
 @dataclass(frozen=True)
@@ -106,14 +68,10 @@ class BuildOptions:
     precision: str = "fp16"
     workspace_mib: int = 4096
     hardware_compatible: bool = False  # AMPERE_PLUS engines (portable across Ampere+ GPUs, slower)
-    opt_rows: int = 0  # 0 = nuScenes rig defaults
-    opt_cells: int = 0
-    opt_rows_per_cell: int = 0
 
     def profile(self, variant: ModelVariant) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """(min, opt, max) shape of every dynamic input; max admits any rig (each point its own row)."""
-        d_rows, d_cells, d_j = NUSCENES_OPT_SHAPES.get(variant.depth_bins, NUSCENES_OPT_SHAPES[44])
-        rows, cells, j = self.opt_rows or d_rows, self.opt_cells or d_cells, self.opt_rows_per_cell or d_j
+        rows, cells, j = NUSCENES_OPT_SHAPES.get(variant.depth_bins, NUSCENES_OPT_SHAPES[44])
         max_rows = depth_size(variant.depth_bins)
         rows, cells, j = min(rows, max_rows), min(cells, NUM_BEV_CELLS), min(j, MAX_ROWS_PER_CELL)
         table = ((1, SLOT_WIDTH), (rows, SLOT_WIDTH), (max_rows, SLOT_WIDTH))

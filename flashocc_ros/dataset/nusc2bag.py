@@ -28,6 +28,7 @@ import numpy as np
 
 from flashocc_ros import bagio
 from flashocc_ros.config import CAMERA_NAMES, OCC_GRID
+from flashocc_ros.dataset import devkit
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 PARTIAL_PREFIX = ".partial-"
@@ -94,32 +95,17 @@ class SceneResult:
 
 
 def load_nuscenes(dataroot: str | Path, version: str):
-    """The devkit's NuScenes, with one clear error for a wrong dataroot or version."""
-    root = Path(dataroot)
-    if not root.is_dir():
-        raise ConversionError(f"--dataroot {root}: no such directory")
-    if not (root / version).is_dir():
-        found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("v1.0"))
-        raise ConversionError(f"--version {version}: {root / version} does not exist (found: {found or 'none'})")
-    from nuscenes.nuscenes import NuScenes
-
-    try:
-        return NuScenes(version=version, dataroot=str(root), verbose=False)
-    except (AssertionError, FileNotFoundError, KeyError, ValueError) as exc:
-        raise ConversionError(f"{root / version}: cannot load the nuScenes tables ({exc})") from exc
+    """The devkit's NuScenes, with one clear ConversionError for a wrong dataroot or version."""
+    return devkit.load_nuscenes(dataroot, version, ConversionError)
 
 
 def scenes_of_split(nusc, split: str) -> list[str]:
     """Scene names of a devkit split (train, val, test, mini_train, mini_val, ...) present in this version."""
-    from nuscenes.utils.splits import create_splits_scenes
-
-    splits = create_splits_scenes()
-    if split not in splits:
-        raise ConversionError(f"--split {split}: unknown split; known: {', '.join(sorted(splits))}")
+    wanted = devkit.split_scene_names(split, ConversionError)
     present = {s["name"] for s in nusc.scene}
-    names = [s for s in splits[split] if s in present]
+    names = [s for s in wanted if s in present]
     if not names:
-        raise ConversionError(f"--split {split}: none of its {len(splits[split])} scenes is in {nusc.version}")
+        raise ConversionError(f"--split {split}: none of its {len(wanted)} scenes is in {nusc.version}")
     return names
 
 

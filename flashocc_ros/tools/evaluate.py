@@ -75,7 +75,7 @@ def bag_predictions(
     without it, from the /nuscenes/sample messages recorded in ``pred_bag``. Returns ({token: message index},
     an iterator of (token, Prediction) in bag order, the topic used, whether it carries instance ids).
     """
-    from flashocc_ros import bagio
+    from flashocc_ros import bagio, ros_convert
 
     counts = bagio.topic_counts(pred_bag)
     if topic is None:
@@ -95,9 +95,9 @@ def bag_predictions(
 
     def decode(msg):
         if msgtype == bagio.PANOPTIC_OCCUPANCY:
-            sem, pano = bagio.panoptic_from_msg(msg)
+            sem, pano = ros_convert.panoptic_from_msg(msg)
             return ev.Prediction(sem.labels, pano)
-        return ev.Prediction(bagio.occupancy_from_msg(msg).labels)
+        return ev.Prediction(ros_convert.occupancy_from_msg(msg).labels)
 
     stamps = [bagio.stamp_ns(m.msg.header if msgtype != bagio.PANOPTIC_OCCUPANCY else m.msg.semantic.header)
               for m in bagio.iter_messages(pred_bag, [topic])]  # fmt: skip

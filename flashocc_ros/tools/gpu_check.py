@@ -36,7 +36,6 @@ bad arguments.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import importlib
 import importlib.util
@@ -50,6 +49,8 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+
+from flashocc_ros.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = REPO / "test" / "data" / "golden"
@@ -436,17 +437,7 @@ def section_throughput(chk: Check) -> dict:
 
 def _write_json(path: Path, data: dict) -> None:
     """Atomic write (temp file in the same directory + rename): never a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".gpu_check-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def run_check(device: str, out_dir: Path, quick: bool = False, variants=None, golden_dir: Path = GOLDEN_DIR,

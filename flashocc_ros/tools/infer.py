@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flashocc_ros.atomic import atomic_save_npz
 from flashocc_ros.config import CAMERA_NAMES, IMAGE_AUG, PANO_MODES, VARIANTS
 
 N = len(CAMERA_NAMES)
@@ -124,17 +125,6 @@ def load_inputs(path: Path) -> SampleInputs:
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     return SampleInputs(images=images, calibration=calib)
-
-
-def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """OUT.npz written through a temporary file and renamed (never half-written)."""
-    from flashocc_ros.evaluation import atomic_write
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(path, write)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - t0
         except (CheckpointError, ConfigError, BackendError, PipelineError, FileNotFoundError) as exc:
             raise InputError(str(exc)) from exc
-        write_npz_atomic(args.out, result)
+        atomic_save_npz(args.out, result)
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import colorsys
 
 import numpy as np
 
-from flashocc_ros.config import CLASS_COLORS, CLASS_NAMES, FIRST_INSTANCE_ID, FREE_INDEX, NUM_CLASSES
+from flashocc_ros.config import CLASS_COLORS, FIRST_INSTANCE_ID, FREE_INDEX, NUM_CLASSES
 
 # (18, 3) uint8 RGB, row = class index.
 CLASS_PALETTE: np.ndarray = np.asarray(CLASS_COLORS, dtype=np.uint8)
@@ -112,7 +112,3 @@ def legend_classes(*grids: np.ndarray, include_free: bool = False) -> list[int]:
     if not include_free:
         present.discard(FREE_INDEX)
     return sorted(c for c in present if 0 <= c < NUM_CLASSES)
-
-
-def class_name(index: int) -> str:
-    return CLASS_NAMES[index]

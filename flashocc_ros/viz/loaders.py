@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flashocc_ros import grids
+from flashocc_ros import grids, ros_convert
 from flashocc_ros.config import CAMERA_NAMES, OCC_GRID
+from flashocc_ros.dataset.devkit import load_nuscenes
 
 PRED_KEY, INST_KEY = "pred", "inst"
 GT_KEY, GT_INST_KEY = "semantics", "instances"
@@ -217,13 +218,8 @@ class NuScenesImages:
     """The six keyframe camera images of a sample token, read with nuscenes-devkit from a dataroot."""
 
     def __init__(self, dataroot: str | Path, version: str = "v1.0-mini"):
-        from nuscenes.nuscenes import NuScenes
-
         self.dataroot = Path(dataroot)
-        try:
-            self._nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
-        except Exception as exc:  # the devkit raises AssertionError/FileNotFoundError for a bad dataroot
-            raise OccupancyFileError(f"{dataroot}: cannot open nuScenes {version} ({exc})") from None
+        self._nusc = load_nuscenes(dataroot, version, OccupancyFileError)
 
     def images(self, sample_token: str) -> list[np.ndarray] | None:
         """Six RGB uint8 images in CAMERA_NAMES order, or None when the token is not a sample of this dataset."""
@@ -278,10 +274,10 @@ def read_bag_occupancy(path: str | Path, topic: str | None = None, *, with_image
         for i, m in enumerate(bagio.iter_messages(path, [topic])):
             where = f"{path}: {topic} message {i}"
             if m.msgtype == bagio.PANOPTIC_OCCUPANCY:
-                grid, panoptic = bagio.panoptic_from_msg(m.msg)
+                grid, panoptic = ros_convert.panoptic_from_msg(m.msg)
                 panoptic = check_panoptic(panoptic, where)
             else:
-                grid, panoptic = bagio.occupancy_from_msg(m.msg), None
+                grid, panoptic = ros_convert.occupancy_from_msg(m.msg), None
             kind = "ground_truth" if grid.source == "ground_truth" else "prediction"
             masks = [check_mask(x, where) if x is not None else None for x in (grid.mask_camera, grid.mask_lidar)]
             frames.append(

@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from flashocc_ros.atomic import atomic_write, temp_path_beside
 from flashocc_ros.config import CAMERA_NAMES, CLASS_NAMES, FREE_INDEX, OCC_GRID, GridSpec
 from flashocc_ros.viz.colors import BACKGROUND_RGB, CLASS_PALETTE, legend_classes, panoptic_colors
 from flashocc_ros.viz.raster import (
@@ -396,24 +396,9 @@ def compose_comparison(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _temp_next_to(path: Path) -> Path:
-    """A fresh temporary name in path's folder that keeps its suffix (writers pick the format from it)."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
 def save_png(image: np.ndarray, out_png: str | Path) -> Path:
     """Write an RGB image atomically (temp name, then rename)."""
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_next_to(out)
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write(out_png, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"), keep_suffix=True)
 
 
 def render_comparison(
@@ -495,7 +480,7 @@ class VideoWriter:
             raise ValueError(f"{self.path}: video must end in {' or '.join(VIDEO_SUFFIXES)}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps = float(fps)
-        self._tmp = _temp_next_to(self.path)
+        self._tmp = temp_path_beside(self.path, keep_suffix=True)
         self._frames: list[np.ndarray] = []
         self._cv = None
         self._size: tuple[int, int] | None = None

@@ -10,7 +10,7 @@ from nuscenes.nuscenes import NuScenes
 from nuscenes.utils.geometry_utils import transform_matrix
 from pyquaternion import Quaternion
 
-from flashocc_ros import bagio
+from flashocc_ros import bagio, ros_convert
 from flashocc_ros.config import CAMERA_NAMES, CLASS_NAMES, FREE_INDEX, OCC_GRID
 from flashocc_ros.dataset.nusc2bag import PARTIAL_PREFIX, ConversionError, ConvertOptions, convert
 from flashocc_ros.dataset.synthetic import make_synthetic_nuscenes
@@ -140,7 +140,7 @@ def test_sample_identity_and_ground_truth_round_trip(bags, nusc, synthetic_nusce
             info = bagio.sample_from_msg(s.msg)
             assert (info.sample_token, info.scene_name, info.sample_index, info.stamp_ns) == (token, name, index, stamp)
             assert info.scene_token == scene_record(nusc, name)["token"]
-            grid = bagio.occupancy_from_msg(g.msg)
+            grid = ros_convert.occupancy_from_msg(g.msg)
             assert grid.stamp_ns == g.log_time_ns == stamp and grid.frame_id == "base_link"
             assert grid.source == "ground_truth" and list(g.msg.class_names) == list(CLASS_NAMES)
             assert g.msg.free_index == FREE_INDEX and (g.msg.size_x, g.msg.size_y, g.msg.size_z) == OCC_GRID.shape
@@ -194,7 +194,7 @@ def test_every_topic_deserializes_with_rclpy(bags, synthetic_nuscenes):
         if hasattr(msg, "header"):
             assert bagio.stamp_ns(msg.header) == m.log_time_ns
         if m.msgtype == bagio.SEMANTIC_OCCUPANCY:
-            assert bagio.occupancy_from_msg(msg).labels.shape == OCC_GRID.shape
+            assert ros_convert.occupancy_from_msg(msg).labels.shape == OCC_GRID.shape
         if m.msgtype == bagio.TF_MESSAGE:
             assert msg.transforms[0].header.frame_id == ("map" if m.topic == "/tf" else "base_link")
     assert len(seen) == 17
