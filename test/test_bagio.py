@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from flashocc_ros import bagio, ros_convert
 from flashocc_ros.config import CLASS_NAMES, FREE_INDEX, OCC_GRID
@@ -249,3 +250,74 @@ def test_an_unfinished_mcap_is_recovered_chunk_by_chunk(tmp_path):
     with pytest.raises(FileExistsError):
         bagio.recover_mcap(partial, tmp_path / "recovered")
     writer.abort()
+
+
+# Humble's rosbag2 (0.15.x) reads metadata.yaml field by field: version, storage_identifier, duration, starting_time,
+# message_count, topics_with_message_count (topic_metadata name / type / serialization_format, offered_qos_profiles
+# from version 4 on, as a YAML string its transport parses with sec / nsec durations), relative_file_paths, from
+# version 3 compression_format / compression_mode, from version 5 files (path, starting_time, duration,
+# message_count). Keys of later versions are never read. Restated here from that reader (rosbag2_storage
+# metadata_io.cpp and rosbag2_transport qos.cpp on the humble branch); it was not run here (no Humble install).
+_HUMBLE_DURATION = {"sec", "nsec"}
+_HUMBLE_QOS_KEYS = {"history", "depth", "reliability", "durability", "liveliness", "avoid_ros_namespace_conventions"}
+
+
+def _humble_reader_problems(info: dict) -> list[str]:
+    problems = []
+
+    def need(node, key, kind, where):
+        if not isinstance(node, dict) or key not in node or not isinstance(node[key], kind):
+            problems.append(f"{where}.{key}: missing or not {kind}")
+            return None
+        return node[key]
+
+    version = need(info, "version", int, "bag")
+    need(info, "storage_identifier", str, "bag")
+    for key, sub in (("duration", "nanoseconds"), ("starting_time", "nanoseconds_since_epoch")):
+        need(need(info, key, dict, "bag") or {}, sub, int, f"bag.{key}")
+    need(info, "message_count", int, "bag")
+    need(info, "relative_file_paths", list, "bag")
+    if (version or 0) >= 3:
+        need(info, "compression_format", str, "bag")
+        need(info, "compression_mode", str, "bag")
+    if (version or 0) >= 5:
+        for i, f in enumerate(need(info, "files", list, "bag") or []):
+            need(f, "path", str, f"files[{i}]")
+            need(need(f, "starting_time", dict, f"files[{i}]") or {}, "nanoseconds_since_epoch", int, "files")
+            need(need(f, "duration", dict, f"files[{i}]") or {}, "nanoseconds", int, "files")
+            need(f, "message_count", int, f"files[{i}]")
+    for t in need(info, "topics_with_message_count", list, "bag") or []:
+        meta = need(t, "topic_metadata", dict, "topic") or {}
+        for key in ("name", "type", "serialization_format"):
+            need(meta, key, str, "topic_metadata")
+        qos_text = need(meta, "offered_qos_profiles", str, "topic_metadata") if (version or 0) >= 4 else ""
+        for q in yaml.safe_load(qos_text or "[]") or []:
+            missing = _HUMBLE_QOS_KEYS - set(q)
+            durations = ("deadline", "lifespan", "liveliness_lease_duration")
+            bad = [d for d in durations if not isinstance(q.get(d), dict) or set(q[d]) != _HUMBLE_DURATION]
+            if missing or bad:
+                problems.append(f"{meta.get('name')}: QoS profile Humble cannot parse (missing {missing}, {bad})")
+    return problems
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_humble_bags_are_what_humbles_reader_parses(tmp_path, storage):
+    """--distro humble bags pass Humble's metadata reader (restated above); the Jazzy/Kilted format does not (its
+    QoS durations changed form), which is why the distro must be chosen when converting."""
+    for distro, readable in (("humble", True), ("kilted", False)):
+        writer, _ = _small_bag(tmp_path / distro, storage, distro, messages=3)
+        writer.close()
+        info = yaml.safe_load((tmp_path / distro / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        problems = _humble_reader_problems(info)
+        assert (problems == []) is readable, (distro, problems)
+        if storage == "mcap" and distro == "humble":
+            from mcap.reader import make_reader
+
+            (file,) = (tmp_path / distro).glob("*.mcap")
+            with open(file, "rb") as f:
+                (channel,) = make_reader(f).get_summary().channels.values()
+            qos_info = {"version": 8, "topics_with_message_count": []}
+            meta = {"name": "tf", "type": "t", "serialization_format": "cdr"}
+            meta["offered_qos_profiles"] = channel.metadata["offered_qos_profiles"]
+            qos_info["topics_with_message_count"].append({"topic_metadata": meta})
+            assert not [p for p in _humble_reader_problems(qos_info) if "QoS" in p]
