@@ -25,10 +25,10 @@ from test.reference.raw_images import SEED0_SHA256_16, raw_images
 
 VARIANTS = ("M0", "M1", "PT", "PF")
 BACKENDS = ("pytorch", "onnxruntime")
-# Allowed deviation of the occupancy logits from the official ones, x their std. PyTorch runs the official
-# operations (summation order aside). The ONNX graph pools with gather + batched matmul + row sums instead of the
-# sequential per-cell sum (backends/pooling.py), which regroups ~150k float32 additions per BEV feature.
-LOGIT_REL_TOL = {"pytorch": 1e-4, "onnxruntime": 2e-3}
+# Allowed deviation of the occupancy logits from the official ones, x their std: the golden data's bound for CPU
+# fp32 runs whose float sums are grouped differently. The ONNX graph pools with gather + batched matmul + row sums
+# instead of the sequential per-cell sum (backends/pooling.py); measured here 1.3e-5 to 4.9e-5, like PyTorch.
+LOGIT_REL_TOL = {"pytorch": 1e-4, "onnxruntime": 1e-4}
 # Official sha256[:16] of the (1, 6, 3, 256, 704) float32 network input made from the seed-0 raw images.
 RAW_PREPROCESSED_SHA256_16 = "a79ec65b6c364fb2"
 
