@@ -80,7 +80,7 @@ def _as_float32_then_64(name: str, value) -> torch.Tensor:
     return torch.from_numpy(a).to(torch.float64)
 
 
-def sensor_to_key_ego(sensor2ego, ego2global=None) -> np.ndarray:
+def sensor_to_key_ego(sensor2ego, ego2global=None, key_ego2global=None) -> np.ndarray:
     """camera -> key-ego (CAM_FRONT_LEFT's ego) transforms, (6,4,4) float32.
 
     ``inv(ego2global[0]) @ ego2global[n] @ sensor2ego[n]`` in float64, cast to float32 (official prepare_inputs).
@@ -89,11 +89,17 @@ def sensor_to_key_ego(sensor2ego, ego2global=None) -> np.ndarray:
     as given by TF, ~0.1 % of the labels of the official answer change (global translations of hundreds of metres
     lose their low bits in float32, and the official answer is computed from those rounded values).
     Accepts (6,4,4) or (1,6,4,4) arrays/tensors; ego2global None means one ego pose for all cameras.
+    ``key_ego2global`` (4,4): the key ego pose when it is another frame's (temporal variants: the current frame's
+    CAM_FRONT_LEFT ego for every previous frame, SPEC4D 3); default ``ego2global[0]``.
     """
     s2e = _as_float32_then_64("sensor2ego", sensor2ego)
     if ego2global is None:
         return s2e.float().numpy()
     e2g = _as_float32_then_64("ego2global", ego2global)
+    if key_ego2global is not None:
+        key = np.asarray(key_ego2global, dtype=np.float64).reshape(4, 4).astype(np.float32)
+        global2keyego = torch.inverse(torch.from_numpy(key).to(torch.float64)[None])
+        return (global2keyego @ e2g @ s2e).float().numpy()
     global2keyego = torch.inverse(e2g[0:1])
     return (global2keyego @ e2g @ s2e).float().numpy()
 

@@ -349,11 +349,11 @@ class DepthNet(FoldedConvBN):
 
 
 class BEVDepthViewTransformer(nn.Module):
-    def __init__(self, num_depth: int, context_ch: int) -> None:
+    def __init__(self, num_depth: int, context_ch: int, in_ch: int = 256, mid: int = 256) -> None:
         super().__init__()
         self.num_depth = num_depth
         self.context_ch = context_ch
-        self.depth_net = DepthNet(num_depth, context_ch)
+        self.depth_net = DepthNet(num_depth, context_ch, in_ch, mid)
 
     def depth_context(self, feat: torch.Tensor, mlp_input: torch.Tensor | None) -> torch.Tensor:
         if mlp_input is None:
@@ -367,9 +367,12 @@ class BEVDepthViewTransformer(nn.Module):
 
 
 class CustomResNet(nn.Module):
-    def __init__(self, cin: int) -> None:
+    """BEV encoder backbone: three stride-2 stages of two BasicBlocks; ``channels`` default (2, 4, 8) x ``cin``
+    (the temporal variants widen the input only: ``cin`` = frames x C_trans, channels (2, 4, 8) x C_trans)."""
+
+    def __init__(self, cin: int, channels: tuple[int, int, int] | None = None) -> None:
         super().__init__()
-        chans = [2 * cin, 4 * cin, 8 * cin]
+        chans = list(channels) if channels is not None else [2 * cin, 4 * cin, 8 * cin]
         layers = []
         cur = cin
         for ch in chans:
@@ -636,9 +639,19 @@ def occupancy_labels(occ_logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(-1).argmax(-1).to(torch.uint8)
 
 
+def network_class(variant: ModelVariant) -> type[FlashOcc]:
+    """FlashOcc for the single-frame variants, model4d.FlashOcc4D for the temporal ones."""
+    if variant.temporal:
+        from flashocc_ros.model4d import FlashOcc4D
+
+        return FlashOcc4D
+    return FlashOcc
+
+
 def build_model(variant_name: str, device: str | torch.device = "cpu") -> FlashOcc:
     """Network for an official config name (or M0/M1/PT/PF), eval mode, uninitialised weights."""
-    model = FlashOcc(get_variant(variant_name))
+    variant = get_variant(variant_name)
+    model = network_class(variant)(variant)
     model.to(device)
     if torch.device(device).type == "cpu":
         model.to_channels_last(True)

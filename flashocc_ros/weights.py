@@ -74,10 +74,11 @@ def state_dict_from_manifest(manifest: Mapping[str, Iterable[int]], seed: int) -
 
 def variant_manifest(variant_name: str) -> OrderedDict:
     """{key: shape} of the variant's state_dict, built without allocating weights."""
-    from flashocc_ros.model import FlashOcc
+    from flashocc_ros.model import network_class
 
+    variant = get_variant(variant_name)
     with torch.device("meta"):
-        model = FlashOcc(get_variant(variant_name))
+        model = network_class(variant)(variant)
     return OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items())
 
 
