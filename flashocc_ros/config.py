@@ -190,7 +190,15 @@ VARIANTS: dict[str, ModelVariant] = {
             "panoptic-flashocc-r50-depth4d-pano", "P2", 0.5, 80, 256, "bevdepth", True, 2, 2, neck_channels=512
         ),
         ModelVariant(
-            "panoptic-flashocc-r50-depth4d-longterm8f-pano", "P9", 0.5, 80, 256, "bevdepth", True, 9, 9,
+            "panoptic-flashocc-r50-depth4d-longterm8f-pano",
+            "P9",
+            0.5,
+            80,
+            256,
+            "bevdepth",
+            True,
+            9,
+            9,
             neck_channels=512,
         ),
     )

@@ -35,13 +35,13 @@ from flashocc_ros.geometry import (
     sensor_to_key_ego,
 )
 from flashocc_ros.model import (
+    FPNLSS,
     BasicBlock,
     BEVDepthViewTransformer,
     CenternessHead,
     CustomFPN,
     CustomResNet,
     FlashOcc,
-    FPNLSS,
     OccHead,
     ResNet50,
 )
@@ -119,6 +119,11 @@ class FlashOcc4D(FlashOcc):
             out.update(self.aux_centerness_head(bev_enc))
         return out
 
+    def forward_stages(self, *args, **kwargs):
+        raise TypeError(f"{self.variant.name} is temporal: use forward_frames or temporal.TemporalPipeline")
+
+    forward_tensors = forward_stages
+
     # ---- all frames at once (official test path) ---------------------------------------------------------
 
     def forward_frames(
@@ -144,6 +149,8 @@ class FlashOcc4D(FlashOcc):
         stages["bev_fused"] = self.fuse(pre)
         stages.update(self.head(stages["bev_fused"]))
         return stages
+
+    forward = forward_frames
 
 
 # --------------------------------------------------------------------------------------------------------------

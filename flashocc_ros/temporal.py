@@ -136,7 +136,9 @@ def _as_images(images) -> np.ndarray:
     for i, img in enumerate(items):
         img = np.asarray(img)
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise PipelineError(f"images[{i}] ({CAMERA_NAMES[i]}): expected RGB uint8 HxWx3, got {img.dtype} {img.shape}")
+            raise PipelineError(
+                f"images[{i}] ({CAMERA_NAMES[i]}): expected RGB uint8 HxWx3, got {img.dtype} {img.shape}"
+            )
     return preprocess_images(items)
 
 
