@@ -642,9 +642,9 @@ def occupancy_labels(occ_logits: torch.Tensor) -> torch.Tensor:
 def network_class(variant: ModelVariant) -> type[FlashOcc]:
     """FlashOcc for the single-frame variants, model4d.FlashOcc4D for the temporal ones."""
     if variant.temporal:
-        from flashocc_ros.model4d import FlashOcc4D
+        from flashocc_ros.model4d import FlashOcc4D, FlashOccStereo4D
 
-        return FlashOcc4D
+        return FlashOccStereo4D if variant.stereo else FlashOcc4D
     return FlashOcc
 
 

@@ -41,13 +41,17 @@ class FrameRecord:
     features: torch.Tensor  # (6, C_neck, 16, 44) image-encoder output
     sensor2ego: np.ndarray  # (6, 4, 4) float32
     ego2global: np.ndarray  # (6, 4, 4) float32, ego pose at each camera's time
-    depth_cache: tuple | None = None  # (mlp_input bytes, depth_net_out, depth, context) of the last use
+    depth_cache: tuple | None = None  # (key, depth_net_out, depth, context) of the last use
+    stereo: torch.Tensor | None = None  # 4D-stereo: (6, 256, 64, 176) layer1 feature, kept while a later frame
+    # may still compare against it (one frame interval + tolerance)
+    cv_cache: tuple | None = None  # 4D-stereo: (key, cost-volume features (6, D, 16, 44)) of the last use
 
     @property
     def nbytes(self) -> int:
-        n = self.features.element_size() * self.features.nelement()
-        if self.depth_cache is not None:
-            n += sum(t.element_size() * t.nelement() for t in self.depth_cache[1:])
+        tensors = [self.features, self.stereo]
+        tensors += list(self.depth_cache[1:]) if self.depth_cache is not None else []
+        tensors += [self.cv_cache[1]] if self.cv_cache is not None else []
+        n = sum(t.element_size() * t.nelement() for t in tensors if t is not None)
         return n + self.sensor2ego.nbytes + self.ego2global.nbytes
 
 
@@ -119,6 +123,10 @@ class FrameHistory:
         self.last_stamp = record.stamp
         oldest = record.stamp - self.slots * self.interval_s - self.tolerance_s - 1e-9
         self._records = [r for r in self._records if r.stamp >= oldest][-self.max_entries :]
+        stereo_oldest = record.stamp - self.interval_s - self.tolerance_s - 1e-9
+        for r in self._records:
+            if r.stamp < stereo_oldest:
+                r.stereo = None
 
 
 def _as_images(images) -> np.ndarray:
@@ -178,11 +186,12 @@ class TemporalPipeline:
         self.with_logits = with_logits
         self.keep_stages = keep_stages
         self.history = FrameHistory(
-            self.variant.bev_frames - 1, self.variant.frame_interval_s, tolerance_s, max_history_entries, warn
+            self.variant.num_frames - 1, self.variant.frame_interval_s, tolerance_s, max_history_entries, warn
         )
         self.last_history_depth = 0  # real previous frames used by the last run (0 .. F-1)
         self.last_stages: dict | None = None
         self.encoder_passes = 0  # image-encoder passes so far (streaming: one per run)
+        self.cost_volume_passes = 0  # 4D-stereo cost volumes computed so far
 
     # -- streaming --------------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -216,13 +225,40 @@ class TemporalPipeline:
         timings.update(decode=0.0, preprocess=(time.perf_counter() - t0) * 1e3)
         self.history.check_stamp(float(stamp))
         t1 = time.perf_counter()
+        stereo = None
         with torch.inference_mode():
-            feat = self.model.encode_frame(torch.from_numpy(np.ascontiguousarray(imgs)).to(self.device))
+            img = torch.from_numpy(np.ascontiguousarray(imgs)).to(self.device)
+            if self.variant.stereo:
+                feat, stereo = self.model.encode_frame_stereo(img)
+            else:
+                feat = self.model.encode_frame(img)
         self.encoder_passes += 1
         timings["encode"] = (time.perf_counter() - t1) * 1e3
         s2e = np.asarray(calib.sensor2ego, dtype=np.float32)
         e2g = np.asarray(calib.ego2global, dtype=np.float32)
-        return FrameRecord(float(stamp), feat, s2e, e2g)
+        return FrameRecord(float(stamp), feat, s2e, e2g, stereo=stereo)
+
+    def _cv_features(self, rec: FrameRecord, prev: FrameRecord, intrins, post_rot, post_tran) -> torch.Tensor:
+        """Cost-volume features of ``rec`` against ``prev`` (its previous keyframe), reused while the pair and the
+        camera model are unchanged; they do not depend on the current ego pose."""
+        from flashocc_ros.model4d import curr_to_adj_sensor
+
+        aug = np.concatenate([np.ravel(np.asarray(a, dtype=np.float32)) for a in (intrins, post_rot, post_tran)])
+        key = (id(prev), prev.stamp, aug.tobytes())
+        if rec.cv_cache is not None and rec.cv_cache[0] == key:
+            return rec.cv_cache[1]
+        if rec.stereo is None or prev.stereo is None:
+            if rec.cv_cache is not None:  # the pair's features are no longer kept: the frame's own earlier result
+                return rec.cv_cache[1]
+            raise PipelineError(f"4D-stereo: the stereo features of the frame at {rec.stamp:.3f} s are gone")
+        k2s = curr_to_adj_sensor(
+            np.stack([rec.sensor2ego, prev.sensor2ego]), np.stack([rec.ego2global, prev.ego2global])
+        )
+        cv = self.model.cost_volume(rec.stereo, prev.stereo, k2s[0], intrins, post_rot, post_tran)
+        self.cost_volume_passes += 1
+        cvf = self.model.cost_volume_features(cv)
+        rec.cv_cache = (key, cvf)
+        return cvf
 
     def _augmentation(self, calib, post_rot, post_tran):
         if post_rot is None or post_tran is None:
@@ -240,17 +276,25 @@ class TemporalPipeline:
         s2ke0 = sensor_to_key_ego(current.sensor2ego, current.ego2global)
         mlp = make_mlp_input(s2ke0, intrins, post_rot, post_tran, bda).to(self.device)
         mlp_key = mlp.cpu().numpy().tobytes()
+        stereo = self.variant.stereo
+        if stereo and slots[0] is None:
+            slots = [None] * len(slots)  # official: no previous keyframe -> none before it either (new scene)
         frames = [current] + [r if r is not None else current for r in slots]
         names = ("img_neck", "depth_net_out", "depth_prob", "lss_bev", "pre_process", "sensor2keyego", "num_points")
         stages: dict[str, list] = {k: [] for k in names}
         done: dict[int, tuple] = {}
         with torch.inference_mode():
-            for rec in frames:
+            if stereo:  # frames [cur, prev1, prev2]: prev2 only as the stereo reference of prev1
+                cvfs = [self._cv_features(frames[k], frames[k + 1], intrins, post_rot, post_tran) for k in (0, 1)]
+                frames = frames[: self.variant.bev_frames]
+            for k, rec in enumerate(frames):
                 if id(rec) not in done:
                     cache = rec.depth_cache
-                    if cache is None or cache[0] != mlp_key:
-                        out, depth, context = m.depth_frame(rec.features, mlp)
-                        rec.depth_cache = cache = (mlp_key, out, depth, context)
+                    dkey = (mlp_key, id(cvfs[k])) if stereo else mlp_key
+                    if cache is None or cache[0] != dkey:
+                        extra = (cvfs[k],) if stereo else ()
+                        out, depth, context = m.depth_frame(rec.features, mlp, *extra)
+                        rec.depth_cache = cache = (dkey, out, depth, context)
                     _, out, depth, context = cache
                     s2ke, pool = frame_geometry(
                         self.variant, rec.sensor2ego, rec.ego2global, key, intrins, post_rot, post_tran, bda
@@ -264,6 +308,8 @@ class TemporalPipeline:
         self.last_history_depth = sum(r is not None for r in slots)
         timings["inference"] = timings.pop("encode", 0.0) + (time.perf_counter() - t_start) * 1e3
         result = self._postprocess(heads, timings)
+        if stereo:
+            stages["cv_features"] = cvfs
         self.last_stages = {**stages, "bev_fused": fused, **heads} if self.keep_stages else None
         return result
 
@@ -277,8 +323,14 @@ class TemporalPipeline:
         with torch.inference_mode():
             imgs = torch.from_numpy(np.ascontiguousarray(frames["imgs"])).to(self.device)
             pools = [p.to(self.device) for p in geo.pools]
-            stages = self.model.forward_frames(imgs, pools, geo.mlp_input.to(self.device))
-        self.encoder_passes += self.variant.bev_frames
+            extra = ()
+            if self.variant.stereo:
+                from flashocc_ros.model4d import curr_to_adj_sensor
+
+                c2a = curr_to_adj_sensor(frames["sensor2egos"], frames["ego2globals"])
+                extra = (c2a, frames["intrins"][0], frames["post_rots"][0], frames["post_trans"][0])
+            stages = self.model.forward_frames(imgs, pools, geo.mlp_input.to(self.device), *extra)
+        self.encoder_passes += self.variant.num_frames
         timings = {"decode": 0.0, "preprocess": 0.0, "inference": (time.perf_counter() - t0) * 1e3}
         result = self._postprocess(stages, timings)
         if self.keep_stages:

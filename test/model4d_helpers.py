@@ -14,9 +14,10 @@ from flashocc_ros.model import load_model as _real_load_model
 from test.reference.inputs_4d import inputs_4d
 
 GOLDEN4D = Path(__file__).resolve().parent / "data" / "golden4d"
+M2 = "flashocc-r50-4d-stereo"
 P2 = "panoptic-flashocc-r50-depth4d-pano"
 P9 = "panoptic-flashocc-r50-depth4d-longterm8f-pano"
-TEMPORAL_VARIANTS = (P2, P9)
+TEMPORAL_VARIANTS = (M2, P2, P9)
 
 
 def golden4d(variant: str) -> dict[str, np.ndarray]:
@@ -51,10 +52,6 @@ def _snapshot(pipe, result) -> dict:
     out = {
         "semantic": result.semantic.copy(),
         "logits": result.logits,
-        "panoptic": result.panoptic,
-        **result.centers.numpy(),
-        "heatmap": st["heatmap"][0].numpy().copy(),
-        "reg": st["reg"][0].numpy().copy(),
         "bev_fused": st["bev_fused"][0].numpy().copy(),
         "bev_encoder": st["bev_encoder"][0].numpy().copy(),
         "img_neck": [t.numpy().copy() for t in st["img_neck"]],
@@ -64,8 +61,15 @@ def _snapshot(pipe, result) -> dict:
         "sensor2keyego": np.stack(st["sensor2keyego"]),
         "num_points": list(st["num_points"]),
         "encoder_passes": pipe.encoder_passes,
+        "cost_volume_passes": pipe.cost_volume_passes,
         "history_depth": pipe.last_history_depth,
     }
+    if pipe.variant.panoptic:
+        out.update(result.centers.numpy(), panoptic=result.panoptic)
+        out.update(heatmap=st["heatmap"][0].numpy().copy(), reg=st["reg"][0].numpy().copy())
+    for name in ("stereo_feat", "cost_volume", "cv_features"):
+        if name in st:
+            out[name] = [None if t is None else t.numpy().copy() for t in st[name]]
     return out
 
 
@@ -78,7 +82,7 @@ def all_at_once(variant: str) -> dict:
 
 
 @functools.cache
-def streamed(variant: str, observe_history: bool) -> dict:
+def streamed(variant: str, observe_history: bool, observe_first: bool = False) -> dict:
     """The golden frames fed one by one, oldest first, at their keyframe times; ``observe_history``: the earlier
     frames only join the history (observe), else each gets its own occupancy (run). Returns the last frame's."""
     from flashocc_ros.temporal import frames_of
@@ -87,9 +91,9 @@ def streamed(variant: str, observe_history: bool) -> dict:
     inputs = seed0_inputs_4d(pipe.variant.num_frames)
     frames = frames_of(inputs, pipe.variant.num_frames)
     depths = []
-    for fr in frames[:-1]:
+    for i, fr in enumerate(frames[:-1]):
         stamp = float(inputs["frame_times"][fr["index"]])
-        if observe_history:
+        if observe_history or (observe_first and i == 0):
             pipe.observe(fr["images"], fr["calib"], stamp)
         else:
             pipe.run(fr["images"], fr["calib"], stamp, fr["post_rot"], fr["post_tran"], fr["bda"])

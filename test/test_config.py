@@ -29,6 +29,7 @@ def test_classes_cameras_variants():
             "flashocc-r50",
             "panoptic-flashocc-r50-depth-tiny-pano",
             "panoptic-flashocc-r50-depth-pano",
+            "flashocc-r50-4d-stereo",
             "panoptic-flashocc-r50-depth4d-pano",
             "panoptic-flashocc-r50-depth4d-longterm8f-pano",
         ]

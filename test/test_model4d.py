@@ -19,6 +19,7 @@ from flashocc_ros.checkpoint import CheckpointError, check_state_dict, detect_va
 from flashocc_ros.config import get_variant
 from flashocc_ros.weights import variant_manifest
 from test.model4d_helpers import (
+    M2,
     P2,
     P9,
     TEMPORAL_VARIANTS,
@@ -51,9 +52,19 @@ def check_against_official(ours: dict, g: dict) -> None:
     # stage 0: geometry of every frame (lifted into the current key ego) and the shared camera-aware input
     np.testing.assert_allclose(ours["sensor2keyego"], g["sensor2keyegos"][:n], atol=1e-6)
     assert ours["num_points"] == g["lss_n_points_kept_frames"].tolist()
-    # stage 1: image neck, depth net (probe pixels) and expected depth, per frame
     r8, c8 = g["probe_px8_yx"].T
     r, c = g["probe_px_yx"].T
+    # stage 0b (4D-stereo): layer1 stereo features, softmax cost volumes (stride 4), cost_volumn_net outputs
+    if "stereo_feat" in ours and ours["stereo_feat"][2] is not None:  # all at once: every frame's
+        rs, cs = g["probe_cvpx_yx"].T
+        for k in range(3):
+            _close(ours["stereo_feat"][k][:, :, rs, cs], g["stereo_feat_probe_frames"][k], f"stereo feature {k}")
+        for k in range(2):
+            _close(ours["cost_volume"][k][:, :, rs, cs], g["cost_volume_probe_frames"][k], f"cost volume {k}")
+    if "cv_features" in ours:
+        for k in range(2):
+            _close(ours["cv_features"][k][:, :, r, c], g["cost_volume_net_out_probe_frames"][k], f"cost net {k}")
+    # stage 1: image neck, depth net (probe pixels) and expected depth, per frame
     for k in range(n):
         _close(ours["img_neck"][k][:, :, r8, c8], g["img_neck_out_probe_frames"][k], f"image neck of frame {k}")
         _close(ours["depth_net_out"][k][:, :, r, c], g["depth_net_out_probe_frames"][k], f"depth net of frame {k}")
@@ -63,7 +74,8 @@ def check_against_official(ours: dict, g: dict) -> None:
     iy, ix = g["probe_bev_yx"][:, 0], g["probe_bev_yx"][:, 1]
     for k in range(n):
         _close(ours["lss_bev"][k][:, iy, ix].T, g["lss_bev_probe_frames"][k], f"LSS BEV of frame {k}")
-    assert g["bev_fused_block_fid"].tolist() == list(range(n))
+    # BEVDepth4D fuses [cur, prev1, ...]; BEVStereo4D runs the frames oldest first: [prev1, cur]
+    assert g["bev_fused_block_fid"].tolist() == (list(range(n))[::-1] if "cv_features" in ours else list(range(n)))
     _close(ours["bev_fused"][:, iy, ix].T, g["bev_fused_probe"], "fused BEV")
     # stage 3: BEV encoder
     _close(ours["bev_encoder"][:, iy, ix].T, g["bev_encoder_probe"], "BEV encoder")
@@ -74,6 +86,8 @@ def check_against_official(ours: dict, g: dict) -> None:
     bound = REL_TOL * float(logits.std())
     assert err < bound, f"occ head logits differ by {err:.3g} (allowed {bound:.3g})"
     check_labels(ours["semantic"], g["occ_label"], logits, int(g["occ_margin_lt_1e-3"]), bound)
+    if "centers_xyz" not in g:
+        return
     # stage 5: centres and the panoptic partition
     _close(ours["heatmap"][:, iy, ix], g["cen_heatmap_probe"], "centre heat map")
     match = check_centers(ours, g, ours["heatmap"], ours["reg"])
@@ -97,6 +111,7 @@ def _meta_state_dict(variant: str) -> dict:
 def test_checkpoints_are_told_apart_and_checked_strictly():
     assert detect_variant(_meta_state_dict(P2)) == P2
     assert detect_variant(_meta_state_dict(P9)) == P9  # same keys as P2, wider BEV-encoder input (720)
+    assert detect_variant(_meta_state_dict(M2)) == M2
     with pytest.raises(CheckpointError, match=r"shape mismatches: img_bev_encoder_backbone\.layers\.0\.0\.conv1"):
         check_state_dict(_meta_state_dict(P9), P2)
     sd = _meta_state_dict(P2)
@@ -138,3 +153,47 @@ def test_longterm8f_streamed_matches_official():
     ours = streamed(P9, observe_history=True)
     assert ours["history_depth"] == 8 and ours["encoder_passes"] == 9
     check_against_official(ours, golden4d(P9))
+
+
+@pytest.mark.slow
+def test_4d_stereo_all_frames_at_once_matches_official():
+    """Frames 1 and 0 fully encoded, frame 2 (stem + layer1 only) as the stereo reference; ~1 min on 2 cores."""
+    ours = all_at_once(M2)
+    assert ours["encoder_passes"] == 3
+    check_against_official(ours, golden4d(M2))
+
+
+@pytest.mark.slow
+def test_4d_stereo_streamed_reuses_the_previous_cost_volume_and_matches_official():
+    """Frame 2 observed, frame 1 run (its previous keyframe: frame 2; the one before is missing -> itself, the
+    official scene-start rule), frame 0 run: frame 1's cost volume against frame 2 is reused, not recomputed."""
+    ours = streamed(M2, observe_history=False, observe_first=True)
+    assert ours["earlier_history_depths"] == [1]
+    assert ours["encoder_passes"] == 3
+    assert ours["cost_volume_passes"] == 3, "frame 0 should compute only its own cost volume (frame 1's is kept)"
+    check_against_official(ours, golden4d(M2))
+
+
+def _official_cost_volume(curr, prev, grid):
+    """The official DepthNet.calculate_cost_volumn arithmetic after gen_grid (SPEC4D 5), restated."""
+    n, c, h, w = curr.shape
+    d = grid.shape[1] // h
+    cost = 0
+    for g in range(c // 4):
+        warped = torch.nn.functional.grid_sample(prev[:, 4 * g : 4 * g + 4], grid, align_corners=True,
+                                                 padding_mode="zeros")  # fmt: skip
+        cost = cost + (curr[:, 4 * g : 4 * g + 4].unsqueeze(2) - warped.view(n, -1, d, h, w)).abs().sum(dim=1)
+    invalid = warped[:, 0].view(n, d, h, w) == 0
+    cost[invalid] = cost[invalid] + 5.0
+    return (-cost).softmax(dim=1)
+
+
+def test_cost_volume_is_bit_identical_to_the_official_formula():
+    from flashocc_ros.model4d import stereo_cost_volume
+
+    gen = torch.Generator().manual_seed(0)
+    curr, prev = torch.randn(2, 6, 16, 8, 22, generator=gen)
+    grid = torch.rand(6, 88 * 8, 22, 2, generator=gen) * 2.4 - 1.2  # some samples fall outside -> invalid bias
+    ours = stereo_cost_volume(curr, prev, grid)
+    assert torch.equal(ours, _official_cost_volume(curr, prev, grid))
+    assert (grid.abs() > 1).any(-1).any()

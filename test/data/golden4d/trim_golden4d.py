@@ -13,7 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-CONFIGS = ("panoptic-flashocc-r50-depth4d-pano", "panoptic-flashocc-r50-depth4d-longterm8f-pano")
+CONFIGS = (
+    "flashocc-r50-4d-stereo",
+    "panoptic-flashocc-r50-depth4d-pano",
+    "panoptic-flashocc-r50-depth4d-longterm8f-pano",
+)
 N_VOX, N_BEV, N_PX = 6000, 128, 8
 DROP = {"cen_heatmap_logits_f16", "depth_argmax_frames", "cost_volume_argmax_frames", "cost_volume_max_frames_f16"}
 
@@ -33,7 +37,12 @@ def trim(src: Path, dst: Path) -> None:
             a = a[:, :N_BEV]
         elif k in ("cen_heatmap_probe", "cen_reg_probe", "cen_height_probe"):
             a = a[:, :N_BEV]
-        elif k in ("depth_net_out_probe_frames", "cost_volume_probe_frames", "cost_volume_net_out_probe_frames"):
+        elif k in (
+            "depth_net_out_probe_frames",
+            "cost_volume_probe_frames",
+            "cost_volume_net_out_probe_frames",
+            "stereo_feat_probe_frames",
+        ):
             a = a[..., :N_PX]
         elif k in ("probe_px_yx", "probe_cvpx_yx"):
             a = a[:N_PX]
