@@ -162,7 +162,12 @@ class TemporalPipeline:
         max_history_entries: int = DEFAULT_MAX_ENTRIES,
         keep_stages: bool = False,
         warn: Callable[[str], None] | None = None,
+        reuse_history_depth: bool = False,
     ) -> None:
+        """``reuse_history_depth``: previous frames keep the DepthNet output they got as the current frame instead
+        of re-running the DepthNet with the current frame's camera-aware input (the official model's, which
+        changes with the current pose in the last bits): one DepthNet pass per frame instead of F, NOT the official
+        arithmetic (deviation measured in docs/model.md). Default False (exact)."""
         self.cfg = cfg.validate()
         self.variant: ModelVariant = cfg.variant
         if not self.variant.temporal:
@@ -192,6 +197,8 @@ class TemporalPipeline:
         self.last_stages: dict | None = None
         self.encoder_passes = 0  # image-encoder passes so far (streaming: one per run)
         self.cost_volume_passes = 0  # 4D-stereo cost volumes computed so far
+        self.depth_passes = 0  # DepthNet passes so far
+        self.reuse_history_depth = bool(reuse_history_depth)
 
     # -- streaming --------------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -291,9 +298,11 @@ class TemporalPipeline:
                 if id(rec) not in done:
                     cache = rec.depth_cache
                     dkey = (mlp_key, id(cvfs[k])) if stereo else mlp_key
-                    if cache is None or cache[0] != dkey:
+                    reuse = self.reuse_history_depth and rec is not current and cache is not None
+                    if not reuse and (cache is None or cache[0] != dkey):
                         extra = (cvfs[k],) if stereo else ()
                         out, depth, context = m.depth_frame(rec.features, mlp, *extra)
+                        self.depth_passes += 1
                         rec.depth_cache = cache = (dkey, out, depth, context)
                     _, out, depth, context = cache
                     s2ke, pool = frame_geometry(

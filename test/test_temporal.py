@@ -109,3 +109,67 @@ def test_single_frame_pipeline_refuses_temporal_variants():
     cfg = load_config(overrides={"model": {"variant": "panoptic-flashocc-r50-depth4d-longterm8f-pano"}})
     with pytest.raises(PipelineError, match="temporal variant \\(9 frames\\): use flashocc_ros.temporal"):
         OccupancyPipeline(cfg, runner=object())
+
+
+class _CountingModel(_Stub):
+    """Tiny stand-in with the temporal network's stage interface; counts DepthNet passes (no real network)."""
+
+    def __init__(self, variant):
+        super().__init__(variant)
+        self.depth_calls = 0
+
+    def encode_frame(self, img):
+        return img[:, :1, :16, :44].clone()
+
+    def depth_frame(self, feat, mlp):
+        self.depth_calls += 1
+        depth = torch.ones(6, 88, 16, 44) / 88
+        return depth, depth, feat.expand(6, 80, 16, 44)
+
+    def bev_frame(self, depth, context, pool):
+        bev = torch.zeros(1, 80, 200, 200)
+        return bev, bev
+
+    def fuse(self, frame_bevs):
+        return torch.cat(list(frame_bevs), dim=1)
+
+    def head(self, fused):
+        return {
+            "occ_logits": torch.zeros(1, 200, 200, 16, 18),
+            "heatmap": torch.full((1, 10, 200, 200), -10.0),
+            "reg": torch.zeros(1, 2, 200, 200),
+            "height": torch.zeros(1, 1, 200, 200),
+        }
+
+
+def _moving_rig(stamp: float):
+    rig = reference_rig()
+    yaw = 0.05 * stamp
+    m = np.eye(4)
+    m[:2, :2] = [[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]]
+    m[0, 3] = 8.0 * stamp
+    rig.ego2global = np.stack([e @ m for e in rig.ego2global])
+    return rig
+
+
+@pytest.mark.parametrize(
+    "moving, reuse, passes",
+    [
+        (False, False, [1, 1, 1]),  # same camera-aware input: the history's DepthNet output is reused (exact)
+        (True, False, [1, 2, 2]),  # the current pose changes it: re-run for the previous frame (official)
+        (True, True, [1, 1, 1]),  # opt-in approximation: one DepthNet pass per frame
+    ],
+)
+def test_history_depth_is_recomputed_only_when_the_current_pose_changes_it(moving, reuse, passes):
+    p2 = "panoptic-flashocc-r50-depth4d-pano"
+    model = _CountingModel(get_variant(p2))
+    cfg = load_config(overrides={"model": {"variant": p2}})
+    pipe = TemporalPipeline(cfg, model=model, reuse_history_depth=reuse)
+    imgs = np.zeros((6, 3, 256, 704), np.float32)
+    got = []
+    for stamp in (0.0, 0.5, 1.0):
+        before = model.depth_calls
+        pipe.run(imgs, _moving_rig(stamp) if moving else reference_rig(), stamp)
+        got.append(model.depth_calls - before)
+    assert got == passes
+    assert pipe.encoder_passes == 3 and pipe.last_history_depth == 1
