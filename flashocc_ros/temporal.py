@@ -204,6 +204,16 @@ class TemporalPipeline:
     def reset(self) -> None:
         self.history.clear()
 
+    def status(self) -> dict[str, float | int]:
+        """For diagnostics: previous frames used by the last run / wanted, frames and MB held, resets so far."""
+        return {
+            "history_depth": self.last_history_depth,
+            "history_slots": self.variant.num_frames - 1,
+            "history_frames": len(self.history),
+            "history_mb": round(self.history.nbytes / 2**20, 1),
+            "history_resets": self.history.resets,
+        }
+
     def run(self, images, calib: RigCalibration, stamp: float, post_rot=None, post_tran=None, bda=None):
         """One camera set at time ``stamp`` (seconds) -> OccupancyResult; the frame joins the history.
 

@@ -173,3 +173,19 @@ def test_history_depth_is_recomputed_only_when_the_current_pose_changes_it(movin
         got.append(model.depth_calls - before)
     assert got == passes
     assert pipe.encoder_passes == 3 and pipe.last_history_depth == 1
+    status = pipe.status()
+    assert status["history_depth"] == 1 and status["history_slots"] == 1 and status["history_resets"] == 0
+    assert status["history_frames"] == 2 and status["history_mb"] > 0  # t = 0.0 is older than 0.5 s + tolerance
+
+
+def test_a_bag_loop_resets_the_pipeline_history_once():
+    p2 = "panoptic-flashocc-r50-depth4d-pano"
+    warnings = []
+    pipe = TemporalPipeline(
+        load_config(overrides={"model": {"variant": p2}}), model=_CountingModel(get_variant(p2)), warn=warnings.append
+    )
+    imgs = np.zeros((6, 3, 256, 704), np.float32)
+    for stamp in (10.0, 10.5, 11.0, 10.0, 10.5):  # the bag starts over after 11.0
+        pipe.run(imgs, _moving_rig(stamp), stamp)
+    assert len(warnings) == 1 and "time went back from 11.000 s to 10.000 s" in warnings[0]
+    assert pipe.last_history_depth == 1 and pipe.status()["history_resets"] == 1
