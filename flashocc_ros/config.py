@@ -157,6 +157,18 @@ class ModelVariant:
     bev_channels: int  # BEV neck output = occ head channels
     depth_net: str  # "lss" (1x1 conv) or "bevdepth" (camera-aware DepthNet)
     panoptic: bool
+    # Temporal variants (SPEC4D): frames in the input (current + previous keyframes, + the stereo reference frame),
+    # frames whose BEV is fused, image-neck width, stereo depth, spacing of the history frames.
+    num_frames: int = 1
+    bev_frames: int = 1
+    neck_channels: int = 256
+    stereo: bool = False
+    frame_interval_s: float = 0.5  # nuScenes keyframes
+    sid: bool = False  # spacing-increasing depth bins (4D-stereo)
+
+    @property
+    def temporal(self) -> bool:
+        return self.num_frames > 1
 
     @property
     def depth_bins(self) -> int:
@@ -174,6 +186,24 @@ VARIANTS: dict[str, ModelVariant] = {
         ModelVariant("flashocc-r50", "M1", 0.5, 64, 256, "lss", False),
         ModelVariant("panoptic-flashocc-r50-depth-tiny-pano", "PT", 1.0, 64, 128, "bevdepth", True),
         ModelVariant("panoptic-flashocc-r50-depth-pano", "PF", 0.5, 80, 256, "bevdepth", True),
+        # temporal (BEVStereo4D): current + previous keyframe fused, + the keyframe before as stereo reference
+        ModelVariant("flashocc-r50-4d-stereo", "M2", 0.5, 80, 256, "bevdepth", False, 3, 2, stereo=True, sid=True),
+        # temporal (BEVDepth4D): current + 1 / + 8 previous keyframes, 512-channel image neck
+        ModelVariant(
+            "panoptic-flashocc-r50-depth4d-pano", "P2", 0.5, 80, 256, "bevdepth", True, 2, 2, neck_channels=512
+        ),
+        ModelVariant(
+            "panoptic-flashocc-r50-depth4d-longterm8f-pano",
+            "P9",
+            0.5,
+            80,
+            256,
+            "bevdepth",
+            True,
+            9,
+            9,
+            neck_channels=512,
+        ),
     )
 }
 DEFAULT_VARIANT = "flashocc-r50-M0"

@@ -82,7 +82,7 @@ def _as_float32_then_64(name: str, value) -> torch.Tensor:
     return torch.from_numpy(a).to(torch.float64)
 
 
-def sensor_to_key_ego(sensor2ego, ego2global=None) -> np.ndarray:
+def sensor_to_key_ego(sensor2ego, ego2global=None, key_ego2global=None) -> np.ndarray:
     """camera -> key-ego (CAM_FRONT_LEFT's ego) transforms, (6,4,4) float32.
 
     ``inv(ego2global[0]) @ ego2global[n] @ sensor2ego[n]`` in float64, cast to float32 (official prepare_inputs).
@@ -91,21 +91,40 @@ def sensor_to_key_ego(sensor2ego, ego2global=None) -> np.ndarray:
     as given by TF, ~0.1 % of the labels of the official answer change (global translations of hundreds of metres
     lose their low bits in float32, and the official answer is computed from those rounded values).
     Accepts (6,4,4) or (1,6,4,4) arrays/tensors; ego2global None means one ego pose for all cameras.
+    ``key_ego2global`` (4,4): the key ego pose when it is another frame's (temporal variants: the current frame's
+    CAM_FRONT_LEFT ego for every previous frame, SPEC4D 3); default ``ego2global[0]``.
     """
     s2e = _as_float32_then_64("sensor2ego", sensor2ego)
     if ego2global is None:
         return s2e.float().numpy()
     e2g = _as_float32_then_64("ego2global", ego2global)
+    if key_ego2global is not None:
+        key = np.asarray(key_ego2global, dtype=np.float64).reshape(4, 4).astype(np.float32)
+        global2keyego = torch.inverse(torch.from_numpy(key).to(torch.float64)[None])
+        return (global2keyego @ e2g @ s2e).float().numpy()
     global2keyego = torch.inverse(e2g[0:1])
     return (global2keyego @ e2g @ s2e).float().numpy()
 
 
-def make_frustum(variant: ModelVariant | str) -> torch.Tensor:
-    """(D, 16, 44, 3) float32 frustum of (u, v, d): u, v in augmented-image pixels (linspace, not pixel centres)."""
+def depth_values(variant: ModelVariant | str) -> torch.Tensor:
+    """(D,) float32 depth-bin centres: ``arange(1, 45, step)``, or for SID variants (4D-stereo, SPEC4D 5)
+    ``exp(log(1) + i / (D - 1) * log((45 - 1) / 1))`` evaluated in float32 as the official create_frustum."""
+    v = get_variant(variant) if isinstance(variant, str) else variant
+    d = torch.arange(*v.depth_range, dtype=torch.float32)
+    if getattr(v, "sid", False):
+        cfg = torch.tensor(v.depth_range).float()
+        i = torch.arange(d.shape[0]).float()
+        d = torch.exp(torch.log(cfg[0]) + i / (d.shape[0] - 1) * torch.log((cfg[1] - 1) / cfg[0]))
+    return d
+
+
+def make_frustum(variant: ModelVariant | str, stride: int = FEATURE_STRIDE) -> torch.Tensor:
+    """(D, H/stride, W/stride, 3) float32 frustum of (u, v, d): u, v in augmented-image pixels (linspace, not pixel
+    centres); stride 16 = the LSS feature map (16, 44), stride 4 = the stereo cost-volume grid (64, 176)."""
     v = get_variant(variant) if isinstance(variant, str) else variant
     in_h, in_w = IMAGE_AUG.input_hw
-    fh, fw = FEATURE_HW
-    d = torch.arange(*v.depth_range, dtype=torch.float32).view(-1, 1, 1).expand(-1, fh, fw)
+    fh, fw = in_h // stride, in_w // stride
+    d = depth_values(v).view(-1, 1, 1).expand(-1, fh, fw)
     num_d = d.shape[0]
     u = torch.linspace(0, in_w - 1, fw, dtype=torch.float32).view(1, 1, fw).expand(num_d, fh, fw)
     vv = torch.linspace(0, in_h - 1, fh, dtype=torch.float32).view(1, fh, 1).expand(num_d, fh, fw)

@@ -13,7 +13,8 @@ import torch
 
 from flashocc_ros.checkpoint import load_checkpoint
 from flashocc_ros.config import get_variant
-from flashocc_ros.model import FlashOcc, build_model
+from flashocc_ros.model import FlashOcc
+from flashocc_ros.networks import build_model
 from flashocc_ros.weights import deterministic_state_dict
 
 

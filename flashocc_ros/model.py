@@ -1,6 +1,6 @@
 """FlashOcc (M0, M1) and Panoptic-FlashOcc (PT, PF) networks with the official state_dict layout (SPEC 1, 4-9).
 
-``build_model(name)`` returns an eval-mode module whose ``state_dict()`` keys and shapes equal the official
+``networks.build_model(name)`` returns an eval-mode module whose ``state_dict()`` keys and shapes equal the official
 detector's, so official checkpoints load with ``strict=True``. In eval mode every conv followed by a BatchNorm
 runs with the BN folded into the conv (folded copies are non-persistent buffers rebuilt on every
 ``load_state_dict``/``eval()``; the parameters and the state_dict are untouched); ``train()`` runs the plain
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flashocc_ros.config import NUM_CLASSES, OCC_GRID, ModelVariant, get_variant
+from flashocc_ros.config import NUM_CLASSES, OCC_GRID, ModelVariant
 from flashocc_ros.geometry import FEATURE_HW, MLP_INPUT_DIM, NUM_CAMERAS, PoolIndices, bev_pool, bev_pool_csr
 
 BN_EPS = 1e-5
@@ -344,11 +344,11 @@ class DepthNet(FoldedConvBN):
 
 
 class BEVDepthViewTransformer(nn.Module):
-    def __init__(self, num_depth: int, context_ch: int) -> None:
+    def __init__(self, num_depth: int, context_ch: int, in_ch: int = 256, mid: int = 256) -> None:
         super().__init__()
         self.num_depth = num_depth
         self.context_ch = context_ch
-        self.depth_net = DepthNet(num_depth, context_ch)
+        self.depth_net = DepthNet(num_depth, context_ch, in_ch, mid)
 
     def depth_context(self, feat: torch.Tensor, mlp_input: torch.Tensor | None) -> torch.Tensor:
         if mlp_input is None:
@@ -362,9 +362,12 @@ class BEVDepthViewTransformer(nn.Module):
 
 
 class CustomResNet(nn.Module):
-    def __init__(self, cin: int) -> None:
+    """BEV encoder backbone: three stride-2 stages of two BasicBlocks; ``channels`` default (2, 4, 8) x ``cin``
+    (the temporal variants widen the input only: ``cin`` = frames x C_trans, channels (2, 4, 8) x C_trans)."""
+
+    def __init__(self, cin: int, channels: tuple[int, int, int] | None = None) -> None:
         super().__init__()
-        chans = [2 * cin, 4 * cin, 8 * cin]
+        chans = list(channels) if channels is not None else [2 * cin, 4 * cin, 8 * cin]
         layers = []
         cur = cin
         for ch in chans:
@@ -629,14 +632,3 @@ def occupancy_labels(occ_logits: torch.Tensor) -> torch.Tensor:
     """softmax then argmax over classes (first maximum wins), like the official get_occ -> uint8 [ix, iy, iz]."""
     logits = occ_logits[0] if occ_logits.dim() == 5 else occ_logits
     return logits.softmax(-1).argmax(-1).to(torch.uint8)
-
-
-def build_model(variant_name: str, device: str | torch.device = "cpu") -> FlashOcc:
-    """Network for an official config name (or M0/M1/PT/PF), eval mode, uninitialised weights."""
-    model = FlashOcc(get_variant(variant_name))
-    model.to(device)
-    if torch.device(device).type == "cpu":
-        model.to_channels_last(True)
-    else:
-        model.use_channels_last = False
-    return model.eval()

@@ -79,6 +79,11 @@ class OccupancyPipeline:
 
         self.cfg = cfg.validate()
         self.variant = cfg.variant
+        if self.variant.temporal:
+            raise PipelineError(
+                f"{self.variant.name} is a temporal variant ({self.variant.num_frames} frames): use "
+                "flashocc_ros.temporal.TemporalPipeline"
+            )
         self.runner = runner if runner is not None else create_runner(cfg, with_logits=with_logits, log=log)
         if self.runner.variant.name != self.variant.name:
             raise PipelineError(f"runner is for {self.runner.variant.name}, config wants {self.variant.name}")

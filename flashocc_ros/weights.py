@@ -21,7 +21,7 @@ import torch
 
 from flashocc_ros.config import CAMERA_NAMES, IMAGE_AUG, get_variant
 from flashocc_ros.geometry import reference_rig
-from flashocc_ros.model import FlashOcc
+from flashocc_ros.networks import network_class
 from flashocc_ros.preprocess import augmentation_for
 
 BACKBONE_GAIN = 0.6
@@ -77,8 +77,9 @@ def state_dict_from_manifest(manifest: Mapping[str, Iterable[int]], seed: int) -
 
 def variant_manifest(variant_name: str) -> OrderedDict:
     """{key: shape} of the variant's state_dict, built without allocating weights."""
+    variant = get_variant(variant_name)
     with torch.device("meta"):
-        model = FlashOcc(get_variant(variant_name))
+        model = network_class(variant)(variant)
     return OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items())
 
 

@@ -29,6 +29,9 @@ def test_classes_cameras_variants():
             "flashocc-r50",
             "panoptic-flashocc-r50-depth-tiny-pano",
             "panoptic-flashocc-r50-depth-pano",
+            "flashocc-r50-4d-stereo",
+            "panoptic-flashocc-r50-depth4d-pano",
+            "panoptic-flashocc-r50-depth4d-longterm8f-pano",
         ]
     )
     assert C.get_variant("M0").depth_bins == 44 and C.get_variant("flashocc-r50").depth_bins == 88

@@ -105,10 +105,10 @@ LAYERS = {
     0: "flashocc_ros config topics stamps atomic grids viz.colors dataset tools",
     1: "tf_tree sync health ratelimit preprocess centers panoptic metrics metrics.miou metrics.ray dataset.devkit "
     "dataset.synthetic ros_convert launch_support",
-    2: "geometry gpu_preprocess model bagio evaluation viz viz.raster viz.render",
+    2: "geometry gpu_preprocess model model4d networks bagio evaluation viz viz.raster viz.render",
     3: "weights checkpoint loading backends backends.base backends.pooling backends.engine_cache backends.onnx_export "
     "backends.tensorrt_env backends.calibration backends.torch_runner backends.ort_runner backends.tensorrt_runner",
-    4: "pipeline rig",
+    4: "pipeline temporal rig",
     5: "node parameters qos ros_tf",
     6: "dataset.nusc2bag viz.loaders viz.viewer",
 }

@@ -130,7 +130,7 @@ def export_onnx(
     check: bool = True,
 ) -> ExportReport:
     """Export ``variant`` with ``state_dict`` to ``out_path`` (written atomically), validate it, return a report."""
-    from flashocc_ros.model import build_model
+    from flashocc_ros.networks import build_model
 
     v = get_variant(variant) if isinstance(variant, str) else variant
     out_path = Path(out_path)

@@ -44,7 +44,7 @@ class TorchRunner(Runner):
         precision: str = "fp32",
     ) -> None:
         super().__init__(variant, with_logits)
-        from flashocc_ros.model import build_model
+        from flashocc_ros.networks import build_model
 
         if precision == "int8":
             raise BackendError("model.precision int8 is only supported by the tensorrt backend")

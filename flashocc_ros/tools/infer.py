@@ -17,6 +17,12 @@ OUT.npz: ``occ_label`` (200,200,16) uint8 [ix,iy,iz]; ``occ_logits`` (200,200,16
 (panoptic variants then also ``cen_heatmap_logits`` (10,200,200), ``cen_reg`` (2,..), ``cen_height`` (1,..));
 panoptic variants add ``centers_xyz`` (K,3), ``centers_score`` (K,), ``centers_label`` (K,) in score order and
 ``pano_inst`` (200,200,16) int32. Without a checkpoint the deterministic untrained weights of --seed are used.
+
+Temporal variants (flashocc-r50-4d-stereo, panoptic-flashocc-r50-depth4d-pano, ...-longterm8f-pano) take the
+multi-frame layout of golden4d/make_inputs_4d.py: ``imgs`` (1, 6F, 3, 256, 704) CAMERA-major (index n*F + k = camera
+n, frame k; frame 0 current, frame k the k-th previous keyframe), the matrices (1, 6F, ...) FRAME-major (index
+k*6 + n), F = the variant's input frames (3, 2, 9). They run the official all-frames-at-once path
+(``temporal.TemporalPipeline.run_frames``, PyTorch) and write the same OUT.npz keys.
 """
 
 from __future__ import annotations
@@ -204,6 +210,61 @@ def infer(cfg, sample: SampleInputs, seed: int = 0, with_logits: bool = False, l
     return out
 
 
+def load_inputs_4d(path: Path, num_frames: int) -> dict[str, np.ndarray]:
+    """Read and validate a multi-frame IN.npz (make_inputs_4d layout, 6F cameras) for a temporal variant."""
+    f = int(num_frames)
+    shapes = {"imgs": (1, N * f, 3, *IMAGE_AUG.input_hw)}
+    shapes.update({k: (1, N * f, *v[2:]) for k, v in GEOMETRY_KEYS.items() if k != "bda"})
+    shapes["bda"] = (1, 3, 3)
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .npz file ({exc})") from exc
+    out: dict[str, np.ndarray] = {}
+    with npz:
+        if "imgs" not in npz.files:
+            raise InputError(
+                f"{path}: temporal variants need key 'imgs' (1, {N * f}, 3, 256, 704) (found: {npz.files})"
+            )
+        for name, shape in shapes.items():
+            if name not in npz.files:
+                raise InputError(f"{path}: missing key {name!r} (found: {sorted(npz.files)})")
+            arr = np.asarray(npz[name], dtype=np.float32)
+            if arr.shape != shape:
+                frames = f" ({N} cameras x {f} frames)" if arr.ndim > 1 and name != "bda" else ""
+                raise InputError(f"key {name!r}: expected shape {shape}{frames}, got {arr.shape}")
+            if not np.all(np.isfinite(arr)):
+                raise InputError(f"key {name!r}: contains non-finite values")
+            out[name] = arr
+    if not np.allclose(out["bda"], np.eye(3)[None], atol=1e-5):
+        raise InputError("key 'bda' disagrees with the identity (no BEV augmentation at test time)")
+    return out
+
+
+def infer_temporal(cfg, inputs: dict, seed: int = 0, with_logits: bool = False) -> dict[str, np.ndarray]:
+    """All frames of one sample through TemporalPipeline.run_frames -> the OUT.npz arrays."""
+    from flashocc_ros.backends.torch_runner import torch_device
+    from flashocc_ros.model import load_model
+    from flashocc_ros.temporal import TemporalPipeline
+
+    device = cfg.model.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(cfg.variant.name, cfg.model.checkpoint or None, torch_device(device), seed=seed)
+    result = TemporalPipeline(cfg, model=model, with_logits=with_logits).run_frames(inputs)
+    out = {"occ_label": result.semantic}
+    if with_logits:
+        out["occ_logits"] = result.logits
+        if result.center_maps is not None:
+            out.update({golden: result.center_maps[name] for name, golden in HEAD_MAP_KEYS.items()})
+    if result.centers is not None:
+        out.update(result.centers.numpy())
+        out["pano_inst"] = result.panoptic
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prog = "flashocc-infer"
@@ -221,11 +282,16 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("--variant is required when no --checkpoint or --config is given")
         try:
             cfg = _config(args)
-            sample = load_inputs(args.inputs)
-            t0 = time.perf_counter()
-            result = infer(
-                cfg, sample, args.seed, args.save_logits, log=lambda s: print(f"{prog}: {s}", file=sys.stderr)
-            )
+            if cfg.variant.temporal:
+                inputs = load_inputs_4d(args.inputs, cfg.variant.num_frames)
+                t0 = time.perf_counter()
+                result = infer_temporal(cfg, inputs, args.seed, args.save_logits)
+            else:
+                sample = load_inputs(args.inputs)
+                t0 = time.perf_counter()
+                result = infer(
+                    cfg, sample, args.seed, args.save_logits, log=lambda s: print(f"{prog}: {s}", file=sys.stderr)
+                )
             seconds = time.perf_counter() - t0
         except (CheckpointError, ConfigError, BackendError, PipelineError, FileNotFoundError) as exc:
             raise InputError(str(exc)) from exc

@@ -1,0 +1,191 @@
+"""Temporal history rules (no network): keyframe-spaced selection by time from a 12 Hz stream, the first-frame
+rule for missing slots, resets on time going back or gaps (one warning each), bounded storage, input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flashocc_ros.config import get_variant, load_config
+from flashocc_ros.geometry import reference_rig
+from flashocc_ros.pipeline import PipelineError
+from flashocc_ros.temporal import FrameHistory, FrameRecord, TemporalPipeline
+
+
+def record(stamp: float) -> FrameRecord:
+    eye = np.broadcast_to(np.eye(4, dtype=np.float32), (6, 4, 4)).copy()
+    return FrameRecord(stamp, torch.zeros(6, 2, 1, 1), eye, eye)
+
+
+def test_history_slots_are_the_frames_nearest_the_keyframe_times_of_a_12hz_stream():
+    warnings = []
+    hist = FrameHistory(8, 0.5, 0.1, warn=warnings.append)
+    stamps = [i / 12.0 for i in range(80)]  # 6.6 s at 12 Hz
+    for t in stamps:
+        hist.check_stamp(t)
+        hist.add(record(t))
+    now = stamps[-1]
+    slots = hist.select(now + 1 / 12.0)
+    assert all(s is not None for s in slots)
+    for k, rec in enumerate(slots, start=1):
+        target = now + 1 / 12.0 - 0.5 * k
+        nearest = min(stamps, key=lambda s: abs(s - target))
+        assert rec.stamp == nearest and abs(rec.stamp - target) <= 1 / 24.0 + 1e-9
+    assert warnings == []
+    # bounded: only what a future slot can still use is kept (8 x 0.5 s + tolerance back from the newest)
+    assert all(r.stamp >= now - 4.1 - 1e-9 for r in hist._records)
+    assert len(hist) == sum(s >= now - 4.1 - 1e-9 for s in stamps)
+
+
+def test_missing_or_too_far_slots_are_none_and_storage_is_capped():
+    hist = FrameHistory(3, 0.5, 0.1, max_entries=3)
+    assert hist.select(0.0) == [None, None, None]  # first frame of a stream: no history
+    for t in (0.0, 0.5, 1.5):  # 1.0 dropped
+        hist.add(record(t))
+    slots = hist.select(1.5 + 0.5)
+    assert [s.stamp if s else None for s in slots] == [1.5, None, 0.5]
+    slots = hist.select(2.14)  # 0.14 s off the keyframe grid: beyond the 0.1 s tolerance
+    assert slots[0] is None
+    for t in (1.6, 1.7, 1.8):
+        hist.add(record(t))
+    assert [r.stamp for r in hist._records] == [1.6, 1.7, 1.8]
+
+
+@pytest.mark.parametrize(
+    "stamps, reason",
+    [((0.0, 0.5, 0.4), "time went back from 0.500 s to 0.400 s"), ((0.0, 0.5, 1.2), "gap of 0.700 s")],
+)
+def test_time_going_back_or_a_gap_resets_the_history_with_one_warning(stamps, reason):
+    warnings = []
+    hist = FrameHistory(1, 0.5, 0.1, warn=warnings.append)
+    for t in stamps:
+        hist.check_stamp(t)
+        hist.add(record(t))
+    assert len(warnings) == 1 and reason in warnings[0] and "2 stored frame(s) dropped" in warnings[0]
+    assert [r.stamp for r in hist._records] == [stamps[-1]] and hist.resets == 1
+    hist.check_stamp(stamps[-1] + 0.5)
+    assert len(warnings) == 1
+
+
+def test_bad_history_settings_are_rejected():
+    with pytest.raises(ValueError, match=r"tolerance_s: 0.3 must be in \(0, 0.25\)"):
+        FrameHistory(1, 0.5, 0.3)
+    with pytest.raises(ValueError, match="max_entries: 2 is below the 8 history slots"):
+        FrameHistory(8, 0.5, 0.1, max_entries=2)
+    with pytest.raises(PipelineError, match="stamp: nan is not a finite time"):
+        FrameHistory(1).check_stamp(float("nan"))
+
+
+class _Stub(nn.Module):
+    """Stands in for the network where only the pipeline's input checks are exercised (nothing is inferred)."""
+
+    def __init__(self, variant):
+        super().__init__()
+        self.variant = variant
+        self.p = nn.Parameter(torch.zeros(1))
+
+
+def test_temporal_pipeline_input_errors_name_the_problem():
+    p2 = "panoptic-flashocc-r50-depth4d-pano"
+    with pytest.raises(PipelineError, match="single-frame variant: use OccupancyPipeline"):
+        TemporalPipeline(load_config(overrides={"model": {"variant": "flashocc-r50"}}), model=_Stub(None))
+    with pytest.raises(PipelineError, match="the temporal variants run on the pytorch backend only"):
+        TemporalPipeline(load_config(overrides={"model": {"variant": p2, "backend": "onnxruntime"}}))
+    pipe = TemporalPipeline(load_config(overrides={"model": {"variant": p2}}), model=_Stub(get_variant(p2)))
+    rig = reference_rig()
+    rig.ego2global = None
+    imgs = np.zeros((6, 3, 256, 704), np.float32)
+    with pytest.raises(PipelineError, match="need the ego poses"):
+        pipe.run(imgs, rig, 0.0)
+    with pytest.raises(PipelineError, match=r"expected 6 images .* got 5"):
+        pipe.run([np.zeros((900, 1600, 3), np.uint8)] * 5, reference_rig(), 0.0)
+
+
+def test_single_frame_pipeline_refuses_temporal_variants():
+    from flashocc_ros.pipeline import OccupancyPipeline
+
+    cfg = load_config(overrides={"model": {"variant": "panoptic-flashocc-r50-depth4d-longterm8f-pano"}})
+    with pytest.raises(PipelineError, match="temporal variant \\(9 frames\\): use flashocc_ros.temporal"):
+        OccupancyPipeline(cfg, runner=object())
+
+
+class _CountingModel(_Stub):
+    """Tiny stand-in with the temporal network's stage interface; counts DepthNet passes (no real network)."""
+
+    def __init__(self, variant):
+        super().__init__(variant)
+        self.depth_calls = 0
+
+    def encode_frame(self, img):
+        return img[:, :1, :16, :44].clone()
+
+    def depth_frame(self, feat, mlp):
+        self.depth_calls += 1
+        depth = torch.ones(6, 88, 16, 44) / 88
+        return depth, depth, feat.expand(6, 80, 16, 44)
+
+    def bev_frame(self, depth, context, pool):
+        bev = torch.zeros(1, 80, 200, 200)
+        return bev, bev
+
+    def fuse(self, frame_bevs):
+        return torch.cat(list(frame_bevs), dim=1)
+
+    def head(self, fused):
+        return {
+            "occ_logits": torch.zeros(1, 200, 200, 16, 18),
+            "heatmap": torch.full((1, 10, 200, 200), -10.0),
+            "reg": torch.zeros(1, 2, 200, 200),
+            "height": torch.zeros(1, 1, 200, 200),
+        }
+
+
+def _moving_rig(stamp: float):
+    rig = reference_rig()
+    yaw = 0.05 * stamp
+    m = np.eye(4)
+    m[:2, :2] = [[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]]
+    m[0, 3] = 8.0 * stamp
+    rig.ego2global = np.stack([e @ m for e in rig.ego2global])
+    return rig
+
+
+@pytest.mark.parametrize(
+    "moving, reuse, passes",
+    [
+        (False, False, [1, 1, 1]),  # same camera-aware input: the history's DepthNet output is reused (exact)
+        (True, False, [1, 2, 2]),  # the current pose changes it: re-run for the previous frame (official)
+        (True, True, [1, 1, 1]),  # opt-in approximation: one DepthNet pass per frame
+    ],
+)
+def test_history_depth_is_recomputed_only_when_the_current_pose_changes_it(moving, reuse, passes):
+    p2 = "panoptic-flashocc-r50-depth4d-pano"
+    model = _CountingModel(get_variant(p2))
+    cfg = load_config(overrides={"model": {"variant": p2}})
+    pipe = TemporalPipeline(cfg, model=model, reuse_history_depth=reuse)
+    imgs = np.zeros((6, 3, 256, 704), np.float32)
+    got = []
+    for stamp in (0.0, 0.5, 1.0):
+        before = model.depth_calls
+        pipe.run(imgs, _moving_rig(stamp) if moving else reference_rig(), stamp)
+        got.append(model.depth_calls - before)
+    assert got == passes
+    assert pipe.encoder_passes == 3 and pipe.last_history_depth == 1
+    status = pipe.status()
+    assert status["history_depth"] == 1 and status["history_slots"] == 1 and status["history_resets"] == 0
+    assert status["history_frames"] == 2 and status["history_mb"] > 0  # t = 0.0 is older than 0.5 s + tolerance
+
+
+def test_a_bag_loop_resets_the_pipeline_history_once():
+    p2 = "panoptic-flashocc-r50-depth4d-pano"
+    warnings = []
+    pipe = TemporalPipeline(
+        load_config(overrides={"model": {"variant": p2}}), model=_CountingModel(get_variant(p2)), warn=warnings.append
+    )
+    imgs = np.zeros((6, 3, 256, 704), np.float32)
+    for stamp in (10.0, 10.5, 11.0, 10.0, 10.5):  # the bag starts over after 11.0
+        pipe.run(imgs, _moving_rig(stamp), stamp)
+    assert len(warnings) == 1 and "time went back from 11.000 s to 10.000 s" in warnings[0]
+    assert pipe.last_history_depth == 1 and pipe.status()["history_resets"] == 1
