@@ -22,7 +22,7 @@ import torch
 
 from flashocc_ros.config import get_variant, load_config
 from flashocc_ros.geometry import reference_rig
-from flashocc_ros.model import load_model
+from flashocc_ros.loading import load_model
 from flashocc_ros.preprocess import augmentation_for
 from flashocc_ros.temporal import TemporalPipeline
 from flashocc_ros.weights import deterministic_images

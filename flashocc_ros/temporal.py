@@ -178,7 +178,7 @@ class TemporalPipeline:
             )
         if model is None:
             from flashocc_ros.backends.torch_runner import torch_device
-            from flashocc_ros.model import load_model
+            from flashocc_ros.loading import load_model
 
             device = cfg.model.device
             if device == "auto":

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from flashocc_ros.config import load_config
-from flashocc_ros.model import load_model as _real_load_model
+from flashocc_ros.loading import load_model as _real_load_model
 from test.reference.inputs_4d import inputs_4d
 
 GOLDEN4D = Path(__file__).resolve().parent / "data" / "golden4d"

@@ -244,7 +244,7 @@ def load_inputs_4d(path: Path, num_frames: int) -> dict[str, np.ndarray]:
 def infer_temporal(cfg, inputs: dict, seed: int = 0, with_logits: bool = False) -> dict[str, np.ndarray]:
     """All frames of one sample through TemporalPipeline.run_frames -> the OUT.npz arrays."""
     from flashocc_ros.backends.torch_runner import torch_device
-    from flashocc_ros.model import load_model
+    from flashocc_ros.loading import load_model
     from flashocc_ros.temporal import TemporalPipeline
 
     device = cfg.model.device
