@@ -55,3 +55,15 @@ def atomic_save_npz(path: str | Path, arrays: dict[str, np.ndarray], compressed:
             save(f, **arrays)
 
     return atomic_write(path, write)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (its unfinished output, e.g. a ``.partial-*`` folder named after it, is
+    still being written); a process of another user counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

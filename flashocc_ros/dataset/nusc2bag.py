@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from flashocc_ros import bagio
+from flashocc_ros.atomic import process_alive
 from flashocc_ros.config import CAMERA_NAMES, OCC_GRID
 from flashocc_ros.dataset import devkit
 
@@ -294,7 +295,7 @@ def clean_stale_partials(out_dir: Path) -> list[str]:
         except ValueError:
             notes.append(f"{tmp}: unreadable {PARTIAL_MARKER}; left untouched")
             continue
-        if pid != os.getpid() and _process_alive(pid):
+        if pid != os.getpid() and process_alive(pid):
             notes.append(f"{tmp}: process {pid} is still running (another conversion?); left untouched")
             continue
         old, final = tmp / "old", bag_path(out_dir, scene_name)
@@ -307,15 +308,6 @@ def clean_stale_partials(out_dir: Path) -> list[str]:
         shutil.rmtree(tmp)
         notes.append(f"removed {tmp}: unfinished bag of {scene_name} left by a run that was killed (pid {pid})")
     return notes
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

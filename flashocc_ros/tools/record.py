@@ -25,6 +25,7 @@ from pathlib import Path
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
 from flashocc_ros import bagio
+from flashocc_ros.atomic import process_alive
 from flashocc_ros.tools.play import message_class
 
 PARTIAL_PREFIX = ".partial-"
@@ -162,18 +163,9 @@ def stale_partials(out: Path) -> list[Path]:
     found = []
     for tmp in sorted(out.parent.glob(f"{PARTIAL_PREFIX}{out.name}-*")):
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             found.append(tmp)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
