@@ -316,13 +316,12 @@ class ASPP(FoldedConvBN):
         return self.conv_bn_relu(cat, 1)  # dropout: identity in eval
 
 
-class DepthNet(FoldedConvBN):
-    """BEVDepth camera-aware depth net (use_dcn False, use_aspp True)."""
+class CameraAwareDepthNet(FoldedConvBN):
+    """The camera-aware front of the BEVDepth depth nets: reduce conv, BatchNorm of ``mlp_input``, MLP + SE gates
+    for the depth and the context branch. Subclasses add their ``depth_conv`` (and anything between) after
+    ``_camera_aware_layers`` so that the parameters register in the official state_dict order."""
 
-    fold_pairs = (("reduce_conv.0", "reduce_conv.1"),)
-
-    def __init__(self, num_depth: int, context_ch: int, in_ch: int = 256, mid: int = 256) -> None:
-        super().__init__()
+    def _camera_aware_layers(self, context_ch: int, in_ch: int, mid: int) -> None:
         self.reduce_conv = nn.Sequential(_conv3x3(in_ch, mid, bias=True), _bn(mid), nn.ReLU(inplace=True))
         self.context_conv = nn.Conv2d(mid, context_ch, 1)
         self.bn = nn.BatchNorm1d(MLP_INPUT_DIM, eps=BN_EPS)
@@ -330,17 +329,31 @@ class DepthNet(FoldedConvBN):
         self.depth_se = SELayer(mid)
         self.context_mlp = Mlp(MLP_INPUT_DIM, mid, mid)
         self.context_se = SELayer(mid)
+
+    def _depth_and_context(self, x: torch.Tensor, mlp_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(depth-branch features before depth_conv, context features)."""
+        cam = self.bn(mlp_input.reshape(-1, mlp_input.shape[-1]))
+        x = self.conv_bn_relu(x, 0)
+        context = self.context_conv(self.context_se(x, self.context_mlp(cam)[..., None, None]))
+        return self.depth_se(x, self.depth_mlp(cam)[..., None, None]), context
+
+
+class DepthNet(CameraAwareDepthNet):
+    """BEVDepth camera-aware depth net (use_dcn False, use_aspp True)."""
+
+    fold_pairs = (("reduce_conv.0", "reduce_conv.1"),)
+
+    def __init__(self, num_depth: int, context_ch: int, in_ch: int = 256, mid: int = 256) -> None:
+        super().__init__()
+        self._camera_aware_layers(context_ch, in_ch, mid)
         self.depth_conv = nn.Sequential(
             BasicBlock(mid, mid), BasicBlock(mid, mid), BasicBlock(mid, mid), ASPP(mid), nn.Conv2d(mid, num_depth, 1)
         )
         self._init_fold()
 
     def forward(self, x: torch.Tensor, mlp_input: torch.Tensor) -> torch.Tensor:
-        cam = self.bn(mlp_input.reshape(-1, mlp_input.shape[-1]))
-        x = self.conv_bn_relu(x, 0)
-        context = self.context_conv(self.context_se(x, self.context_mlp(cam)[..., None, None]))
-        depth = self.depth_conv(self.depth_se(x, self.depth_mlp(cam)[..., None, None]))
-        return torch.cat([depth, context], dim=1)
+        depth, context = self._depth_and_context(x, mlp_input)
+        return torch.cat([self.depth_conv(depth), context], dim=1)
 
 
 class BEVDepthViewTransformer(nn.Module):

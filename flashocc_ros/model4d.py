@@ -29,7 +29,6 @@ from torch import nn
 from flashocc_ros.config import ModelVariant, get_variant
 from flashocc_ros.geometry import (
     FEATURE_HW,
-    MLP_INPUT_DIM,
     NUM_CAMERAS,
     PoolIndices,
     compute_pool_indices,
@@ -39,21 +38,17 @@ from flashocc_ros.geometry import (
 )
 from flashocc_ros.model import (
     ASPP,
-    BN_EPS,
     FPNLSS,
     BasicBlock,
     BEVDepthViewTransformer,
+    CameraAwareDepthNet,
     CenternessHead,
     CustomFPN,
     CustomResNet,
     FlashOcc,
-    FoldedConvBN,
-    Mlp,
     OccHead,
     ResNet50,
-    SELayer,
     _bn,
-    _conv3x3,
 )
 
 
@@ -246,7 +241,7 @@ class ShortcutBasicBlock(BasicBlock):
         self.downsample = nn.Conv2d(cin, cout, 1, bias=True)
 
 
-class StereoDepthNet(FoldedConvBN):
+class StereoDepthNet(CameraAwareDepthNet):
     """BEVDepth DepthNet with the stereo cost volume (``stereo=True``): the cost volume goes through
     ``cost_volumn_net`` (two stride-2 conv+BN, no activation) and is concatenated after the depth SE features."""
 
@@ -258,13 +253,7 @@ class StereoDepthNet(FoldedConvBN):
 
     def __init__(self, num_depth: int, context_ch: int, in_ch: int = 256, mid: int = 256) -> None:
         super().__init__()
-        self.reduce_conv = nn.Sequential(_conv3x3(in_ch, mid, bias=True), _bn(mid), nn.ReLU(inplace=True))
-        self.context_conv = nn.Conv2d(mid, context_ch, 1)
-        self.bn = nn.BatchNorm1d(MLP_INPUT_DIM, eps=BN_EPS)
-        self.depth_mlp = Mlp(MLP_INPUT_DIM, mid, mid)
-        self.depth_se = SELayer(mid)
-        self.context_mlp = Mlp(MLP_INPUT_DIM, mid, mid)
-        self.context_se = SELayer(mid)
+        self._camera_aware_layers(context_ch, in_ch, mid)
         d = num_depth
         self.cost_volumn_net = nn.Sequential(nn.Conv2d(d, d, 3, 2, 1), _bn(d), nn.Conv2d(d, d, 3, 2, 1), _bn(d))
         self.depth_conv = nn.Sequential(
@@ -281,10 +270,7 @@ class StereoDepthNet(FoldedConvBN):
         return self.conv_bn(self.conv_bn(cost_volume, 1), 2)
 
     def forward(self, x: torch.Tensor, mlp_input: torch.Tensor, cv_features: torch.Tensor) -> torch.Tensor:
-        cam = self.bn(mlp_input.reshape(-1, mlp_input.shape[-1]))
-        x = self.conv_bn_relu(x, 0)
-        context = self.context_conv(self.context_se(x, self.context_mlp(cam)[..., None, None]))
-        depth = self.depth_se(x, self.depth_mlp(cam)[..., None, None])
+        depth, context = self._depth_and_context(x, mlp_input)
         depth = self.depth_conv(torch.cat([depth, cv_features.to(depth.dtype)], dim=1))
         return torch.cat([depth, context], dim=1)
 
