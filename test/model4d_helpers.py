@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 
 from flashocc_ros.config import load_config
 from flashocc_ros.loading import load_model as _real_load_model
+from test.model_helpers import golden, manifest
 from test.reference.inputs_4d import inputs_4d
 
 GOLDEN4D = Path(__file__).resolve().parent / "data" / "golden4d"
@@ -21,12 +21,11 @@ TEMPORAL_VARIANTS = (M2, P2, P9)
 
 
 def golden4d(variant: str) -> dict[str, np.ndarray]:
-    with np.load(GOLDEN4D / f"{variant}_seed0.npz") as z:
-        return {k: z[k] for k in z.files}
+    return golden(variant, GOLDEN4D)
 
 
 def manifest4d(variant: str) -> dict[str, list[int]]:
-    return json.loads((GOLDEN4D / f"keys_{variant}.json").read_text())
+    return manifest(variant, GOLDEN4D)
 
 
 @functools.cache

@@ -22,13 +22,19 @@ VARIANT_NAMES = (
 )
 
 
-def golden(variant: str) -> dict[str, np.ndarray]:
-    with np.load(GOLDEN / f"{variant}_seed0.npz") as z:
+def golden(variant: str, folder: Path = GOLDEN) -> dict[str, np.ndarray]:
+    with np.load(folder / f"{variant}_seed0.npz") as z:
         return {k: z[k] for k in z.files}
 
 
-def manifest(variant: str) -> dict[str, list[int]]:
-    return json.loads((GOLDEN / f"keys_{variant}.json").read_text())
+def manifest(variant: str, folder: Path = GOLDEN) -> dict[str, list[int]]:
+    return json.loads((folder / f"keys_{variant}.json").read_text())
+
+
+def assert_layout_matches_manifest(ours: dict[str, tuple[int, ...]], official: dict[str, list[int]]) -> None:
+    """Our state_dict layout {key: shape} equals the official manifest: same keys, same order, same shapes."""
+    assert list(ours) == list(official), "key names or order differ from the official state_dict"
+    assert all(tuple(official[k]) == ours[k] for k in official)
 
 
 @functools.cache

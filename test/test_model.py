@@ -14,7 +14,7 @@ import torch
 
 from flashocc_ros.model import occupancy_labels
 from flashocc_ros.weights import deterministic_images, deterministic_state_dict, variant_manifest
-from test.model_helpers import VARIANT_NAMES, golden, manifest, seed0_model, seed0_run
+from test.model_helpers import VARIANT_NAMES, assert_layout_matches_manifest, golden, manifest, seed0_model, seed0_run
 from test.reference.near_ties import check_centers, check_labels
 
 REL_TOL = 1e-4  # x the tensor's std
@@ -28,10 +28,7 @@ def _max_rel(ours: np.ndarray, ref: np.ndarray) -> float:
 
 @pytest.mark.parametrize("variant", VARIANT_NAMES)
 def test_state_dict_layout_matches_official_manifest(variant):
-    ours = variant_manifest(variant)
-    official = manifest(variant)
-    assert list(ours) == list(official), "key names or order differ from the official state_dict"
-    assert all(tuple(official[k]) == ours[k] for k in official)
+    assert_layout_matches_manifest(variant_manifest(variant), manifest(variant))
 
 
 def test_weight_recipe_reproduces_documented_checksums():

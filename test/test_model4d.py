@@ -29,6 +29,7 @@ from test.model4d_helpers import (
     seed0_inputs_4d,
     streamed,
 )
+from test.model_helpers import assert_layout_matches_manifest
 from test.reference.near_ties import check_centers, check_labels, check_panoptic
 
 REL_TOL = 1e-4
@@ -98,10 +99,7 @@ def check_against_official(ours: dict, g: dict) -> None:
 # -- layout / loading (cheap) ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", TEMPORAL_VARIANTS)
 def test_state_dict_layout_matches_official_manifest(variant):
-    ours = variant_manifest(variant)
-    official = manifest4d(variant)
-    assert list(ours) == list(official), "key names or order differ from the official state_dict"
-    assert all(tuple(official[k]) == ours[k] for k in official)
+    assert_layout_matches_manifest(variant_manifest(variant), manifest4d(variant))
 
 
 def _meta_state_dict(variant: str) -> dict:
