@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from flashocc_ros.config import IMAGE_AUG
-from flashocc_ros.preprocess import INPUT_H, INPUT_W, augmentation_for
+from flashocc_ros.preprocess import INPUT_H, INPUT_W, BatchItemError, augmentation_for
 
 # Max |GPU-path preprocessing - exact path| on the CPU with identical decoded pixels, in normalised units:
 # 8-bit levels / std (std ~ 57): Pillow's fixed-point resampler vs torch's float resampler round differently.
@@ -58,7 +58,7 @@ def decode_jpegs(jpegs: Sequence[bytes], device="cpu") -> tuple[list, str]:
     """Decode JPEG bytes to RGB (3, H, W) uint8 tensors on ``device``; returns (tensors, decoder name).
 
     torchvision's ``decode_jpeg`` (one batched call; nvJPEG on CUDA) when importable, else Pillow on the host
-    (then uploaded). Raises ``ValueError`` naming the first undecodable image."""
+    (then uploaded). Raises ``preprocess.BatchItemError`` (a ValueError) naming the first undecodable image."""
     import torch
 
     ok, _ = torchvision_decoder()
@@ -70,7 +70,7 @@ def decode_jpegs(jpegs: Sequence[bytes], device="cpu") -> tuple[list, str]:
             try:
                 rgb = pil_decode(bytes(j))
             except (OSError, ValueError) as exc:
-                raise ValueError(f"image {i}: cannot decode JPEG ({exc})") from exc
+                raise BatchItemError(i, ValueError(f"cannot decode JPEG ({exc})")) from exc
             out.append(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).to(device))
         return out, "pillow"
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -86,7 +86,7 @@ def decode_jpegs(jpegs: Sequence[bytes], device="cpu") -> tuple[list, str]:
         try:
             out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
         except RuntimeError as exc:
-            raise ValueError(f"image {i}: cannot decode JPEG ({exc})") from exc
+            raise BatchItemError(i, ValueError(f"cannot decode JPEG ({exc})")) from exc
     return out, name
 
 

@@ -201,13 +201,15 @@ class OccupancyPipeline:
     def _load_jpegs_gpu(self, jpegs) -> dict[str, float]:
         """Decode (nvJPEG) + preprocess on the GPU into the runner's device input; the host buffer is skipped."""
         from flashocc_ros.gpu_preprocess import jpegs_into
+        from flashocc_ros.preprocess import BatchItemError
 
         try:
             times = jpegs_into([bytes(d) for d in jpegs], self.runner.device_image)
+        except BatchItemError as exc:
+            i = exc.index
+            raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG on the GPU ({exc})") from exc
         except ValueError as exc:
-            i = _image_index(str(exc))
-            where = f"jpegs[{i}] ({CAMERA_NAMES[i]})" if i is not None else "jpegs"
-            raise PipelineError(f"{where}: cannot decode JPEG on the GPU ({exc})") from exc
+            raise PipelineError(f"jpegs: cannot decode JPEG on the GPU ({exc})") from exc
         self.runner.input_on_device = True
         self.last_jpeg_path = "gpu"
         return {"decode": times["decode"], "preprocess": times["preprocess"]}
@@ -249,8 +251,11 @@ class OccupancyPipeline:
             on_device(CENTER_HEIGHT, out[CENTER_HEIGHT]),
             score_threshold=self.cfg.model.score_threshold,
         )
-        labels = on_device(OCC_LABELS, out[OCC_LABELS])
-        semantic = labels[0].to(torch.uint8) if labels.device.type == "cuda" else torch.from_numpy(result.semantic)
+        labels = on_dev.get(OCC_LABELS)  # the runner's device labels, else the uint8 host grid (no copy on the CPU)
+        if labels is not None and labels.device == device:
+            semantic = labels[0].to(torch.uint8)
+        else:
+            semantic = torch.from_numpy(result.semantic).to(device)
         pano = assign_instances(semantic, centers, mode=self.cfg.model.pano_mode)
         result.centers = centers
         result.panoptic = pano.panoptic.cpu().numpy().astype(np.int32, copy=False)
@@ -287,11 +292,3 @@ class OccupancyPipeline:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _image_index(message: str) -> int | None:
-    """The index in an ``"image N: ..."`` error of gpu_preprocess.decode_jpegs."""
-    import re
-
-    m = re.match(r"image (\d+):", message)
-    return int(m.group(1)) if m else None
