@@ -197,13 +197,16 @@ def infer(cfg, sample: SampleInputs, seed: int = 0, with_logits: bool = False, l
     runner = _runner(cfg, seed, with_logits)
     with OccupancyPipeline(cfg, runner=runner, with_logits=with_logits, log=log) as pipe:
         pipe.set_calibration(sample.calibration)
-        result = pipe.run(sample.images)
+        return output_arrays(pipe.run(sample.images), with_logits)
+
+
+def output_arrays(result, with_logits: bool) -> dict[str, np.ndarray]:
+    """OUT.npz arrays of a single-frame or temporal pipeline result (see the module docstring)."""
     out = {"occ_label": result.semantic}
     if with_logits:
         out["occ_logits"] = result.logits
-        for name, golden_name in HEAD_MAP_KEYS.items():
-            if result.center_maps is not None:
-                out[golden_name] = result.center_maps[name]
+        if result.center_maps is not None:
+            out.update({golden: result.center_maps[name] for name, golden in HEAD_MAP_KEYS.items()})
     if result.centers is not None:
         out.update(result.centers.numpy())
         out["pano_inst"] = result.panoptic
@@ -243,26 +246,14 @@ def load_inputs_4d(path: Path, num_frames: int) -> dict[str, np.ndarray]:
 
 def infer_temporal(cfg, inputs: dict, seed: int = 0, with_logits: bool = False) -> dict[str, np.ndarray]:
     """All frames of one sample through TemporalPipeline.run_frames -> the OUT.npz arrays."""
+    from flashocc_ros.backends import resolve_device
     from flashocc_ros.backends.torch_runner import torch_device
     from flashocc_ros.loading import load_model
     from flashocc_ros.temporal import TemporalPipeline
 
-    device = cfg.model.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(cfg.variant.name, cfg.model.checkpoint or None, torch_device(device), seed=seed)
-    result = TemporalPipeline(cfg, model=model, with_logits=with_logits).run_frames(inputs)
-    out = {"occ_label": result.semantic}
-    if with_logits:
-        out["occ_logits"] = result.logits
-        if result.center_maps is not None:
-            out.update({golden: result.center_maps[name] for name, golden in HEAD_MAP_KEYS.items()})
-    if result.centers is not None:
-        out.update(result.centers.numpy())
-        out["pano_inst"] = result.panoptic
-    return out
+    device = torch_device(resolve_device(cfg.model, "pytorch"))
+    model = load_model(cfg.variant.name, cfg.model.checkpoint or None, device, seed=seed)
+    return output_arrays(TemporalPipeline(cfg, model=model, with_logits=with_logits).run_frames(inputs), with_logits)
 
 
 def main(argv: list[str] | None = None) -> int:
