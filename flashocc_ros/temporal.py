@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from flashocc_ros.backends.base import CENTER_OUTPUTS
 from flashocc_ros.config import CAMERA_NAMES, FlashOccConfig, ModelVariant
 from flashocc_ros.geometry import NUM_CAMERAS, RigCalibration, make_mlp_input, sensor_to_key_ego
 from flashocc_ros.model4d import frame_geometry, split_inputs, temporal_geometry
@@ -177,13 +178,12 @@ class TemporalPipeline:
                 f"model.backend {cfg.model.backend!r}: the temporal variants run on the pytorch backend only"
             )
         if model is None:
+            from flashocc_ros.backends import resolve_device
             from flashocc_ros.backends.torch_runner import torch_device
             from flashocc_ros.loading import load_model
 
-            device = cfg.model.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            model = load_model(self.variant.name, cfg.model.checkpoint or None, torch_device(device))
+            device = torch_device(resolve_device(cfg.model, "pytorch"))
+            model = load_model(self.variant.name, cfg.model.checkpoint or None, device)
         if model.variant.name != self.variant.name:
             raise PipelineError(f"model is {model.variant.name}, config wants {self.variant.name}")
         self.model = model.eval()
@@ -378,11 +378,8 @@ class TemporalPipeline:
             result.panoptic = pano.panoptic.cpu().numpy().astype(np.int32, copy=False)
             result.instances = pano.instances
             if self.with_logits:
-                result.center_maps = {
-                    "center_heatmap": heads["heatmap"][0].float().cpu().numpy(),
-                    "center_reg": heads["reg"][0].float().cpu().numpy(),
-                    "center_height": heads["height"][0].float().cpu().numpy(),
-                }
+                maps = zip(CENTER_OUTPUTS, (heads["heatmap"], heads["reg"], heads["height"]))
+                result.center_maps = {name: t[0].float().cpu().numpy() for name, t in maps}
         timings["postprocess"] = (time.perf_counter() - t0) * 1e3
         return result
 
