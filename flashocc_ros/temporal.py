@@ -12,6 +12,9 @@ history slot k (k = 1 .. F-1) is the stored frame nearest to ``t - k * 0.5 s``, 
 A missing slot follows the official first-frame rule (SPEC4D 2: an adjacent frame outside the scene is replaced by
 the CURRENT frame). A time stamp not after the previous one, or a gap longer than ``0.5 s + tolerance_s`` since the
 previous frame, clears the history with one warning (a bag loop, a pause, a jump).
+
+Explicit history (``encode`` + ``run_with_history``): the caller names the previous frames itself, e.g.
+flashocc-predict walking a nuScenes split in the official order (the dataset's previous keyframes, SPEC4D 2).
 """
 
 from __future__ import annotations
@@ -232,7 +235,7 @@ class TemporalPipeline:
         the caller has no time to fuse, or to fill the history after a reset."""
         self.history.add(self._encode(images, calib, stamp, {}))
 
-    def _encode(self, images, calib, stamp, timings) -> FrameRecord:
+    def _encode(self, images, calib, stamp, timings, streaming: bool = True) -> FrameRecord:
         if not isinstance(calib, RigCalibration):
             raise PipelineError(f"calibration: expected a RigCalibration, got {type(calib).__name__}")
         if calib.ego2global is None:
@@ -240,7 +243,8 @@ class TemporalPipeline:
         t0 = time.perf_counter()
         imgs = _as_images(images)
         timings.update(decode=0.0, preprocess=(time.perf_counter() - t0) * 1e3)
-        self.history.check_stamp(float(stamp))
+        if streaming:
+            self.history.check_stamp(float(stamp))
         t1 = time.perf_counter()
         stereo = None
         with torch.inference_mode():
@@ -254,6 +258,32 @@ class TemporalPipeline:
         s2e = np.asarray(calib.sensor2ego, dtype=np.float32)
         e2g = np.asarray(calib.ego2global, dtype=np.float32)
         return FrameRecord(float(stamp), feat, s2e, e2g, stereo=stereo)
+
+    # -- explicit history (offline, the dataset's previous keyframes) --------------------------------------------
+    def encode(self, images, calib: RigCalibration, stamp: float = 0.0) -> FrameRecord:
+        """One image-encoder pass -> the frame's record, for ``run_with_history``; the streaming history is neither
+        read nor changed."""
+        return self._encode(images, calib, stamp, {}, streaming=False)
+
+    def run_with_history(
+        self, images, calib: RigCalibration, previous: Sequence[FrameRecord | None], stamp: float = 0.0,
+        post_rot=None, post_tran=None, bda=None,
+    ) -> tuple[OccupancyResult, FrameRecord]:  # fmt: skip
+        """One camera set fused with the previous frames the caller chose: ``previous[k - 1]`` is the frame k
+        keyframes back (a record from ``encode`` or from an earlier call), None = none (replaced by the current
+        frame, the official rule). One image-encoder pass (the current frame); the streaming history is neither
+        read nor changed. Returns the result and the current frame's record (for later calls' ``previous``)."""
+        slots = list(previous)
+        if len(slots) != self.variant.num_frames - 1:
+            raise PipelineError(
+                f"previous: {self.variant.name} takes {self.variant.num_frames - 1} previous frame(s), got {len(slots)}"
+            )
+        if not all(r is None or isinstance(r, FrameRecord) for r in slots):
+            raise PipelineError("previous: expected FrameRecord or None entries")
+        timings: dict[str, float] = {}
+        current = self._encode(images, calib, stamp, timings, streaming=False)
+        post_rot, post_tran = self._augmentation(calib, post_rot, post_tran)
+        return self._fused(current, slots, calib.intrinsics, post_rot, post_tran, bda, timings), current
 
     def _cv_features(self, rec: FrameRecord, prev: FrameRecord, intrins, post_rot, post_tran) -> torch.Tensor:
         """Cost-volume features of ``rec`` against ``prev`` (its previous keyframe), reused while the pair and the

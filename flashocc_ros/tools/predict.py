@@ -4,22 +4,31 @@ For every keyframe of the split's scenes: the six camera JPEGs and their calibra
 camera -> ego and ego -> global of each camera's sample_data) go through ``OccupancyPipeline`` (configured model,
 backend and the exact official preprocessing by default); the result is written as ``<out>/<sample_token>.npz``
 (``pred`` uint8, plus ``inst`` int32 for panoptic variants), ready for flashocc-eval. Existing files are kept
-(the run can be resumed) unless --overwrite.
+(the run can be resumed) unless --overwrite. Keyframes are taken in time order (the official test order;
+--limit N = the first N).
+
+Temporal variants (M2, P2, P9) run through ``TemporalPipeline`` with the history the official test uses (SPEC4D
+2): with the split's keyframes sorted by time, the frame k back of keyframe i is keyframe max(i - k, 0) when that is
+of the same scene, else the current frame itself. The split is walked in that order and every keyframe is encoded
+once (its record is reused by the next F - 1 keyframes), never once per sample it appears in.
 
   flashocc-predict --dataroot data/nuscenes --version v1.0-trainval --split val --out preds_m0 \\
                    --variant flashocc-r50-M0 --checkpoint flashocc-r50-M0.pth --backend pytorch
+  flashocc-predict --dataroot data/nuscenes --split val --out preds_p2 --variant P2 \\
+                   --checkpoint panoptic-flashocc-r50-depth4d-pano.pth --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from flashocc_ros import evaluation as ev
-from flashocc_ros.config import BACKENDS, CAMERA_NAMES, PRECISIONS, ConfigError, load_config
+from flashocc_ros.config import BACKENDS, CAMERA_NAMES, IMAGE_AUG, PRECISIONS, ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,14 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="nuScenes split whose scenes are predicted (default val)")
     p.add_argument("--out", type=Path, required=True, help="output folder for <sample_token>.npz")
     p.add_argument("--config", type=Path, help="FlashOcc YAML config (config/<variant>.yaml); options below override")
-    p.add_argument("--variant", help="model variant (official config name or M0/M1/PT/PF)")
+    p.add_argument("--variant", help="model variant (official config name or M0/M1/PT/PF/M2/P2/P9)")
     p.add_argument("--checkpoint", help="checkpoint .pth (default: the config's; empty = untrained weights)")
     p.add_argument("--engine", help="TensorRT engine / ONNX file for those backends")
     p.add_argument("--backend", choices=BACKENDS, help="inference backend")
     p.add_argument("--device", help="cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, help="engine precision")
     p.add_argument("--fast-jpeg", action="store_true", help="DCT-scaled JPEG decode (faster, not bit-exact)")
-    p.add_argument("--limit", type=int, default=0, help="predict only the first N samples (0 = all)")
+    p.add_argument("--limit", type=int, default=0, help="predict only the first N keyframes in time (0 = all)")
     p.add_argument("--overwrite", action="store_true", help="recompute existing prediction files")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -90,6 +99,71 @@ def sample_inputs(nusc, sample_token: str):
     return jpegs, calib
 
 
+def official_adjacent(scene_tokens: Sequence[str], index: int, count: int) -> list[int | None]:
+    """The official test's previous frames of keyframe ``index`` (SPEC4D 2; ``scene_tokens``: the split's
+    keyframes sorted by time): frame k = 1 .. ``count`` is keyframe max(index - k, 0), or None (= the current
+    frame) when that keyframe is of another scene or is ``index`` itself."""
+    out: list[int | None] = []
+    for k in range(1, count + 1):
+        j = max(index - k, 0)
+        out.append(j if j != index and scene_tokens[j] == scene_tokens[index] else None)
+    return out
+
+
+def camera_inputs(jpegs: Sequence[bytes], calib, token: str, exact: bool) -> np.ndarray:
+    """(6, 3, 256, 704) float32 network input of a keyframe's JPEGs (exact: Pillow + official resize/crop)."""
+    from flashocc_ros.preprocess import jpeg_size, preprocess_jpeg, preprocess_jpeg_exact
+
+    out = np.empty((len(CAMERA_NAMES), 3, *IMAGE_AUG.input_hw), dtype=np.float32)
+    for n, data in enumerate(jpegs):
+        try:
+            hw = jpeg_size(data)
+            if hw != tuple(calib.image_hw):
+                raise ValueError(
+                    f"image is {hw[1]}x{hw[0]}, its sample_data says {calib.image_hw[1]}x{calib.image_hw[0]}"
+                )
+            (preprocess_jpeg_exact if exact else preprocess_jpeg)(data, out[n])
+        except (ValueError, OSError) as exc:
+            raise ev.EvaluationError(f"sample {token} {CAMERA_NAMES[n]}: {exc}") from exc
+    return out
+
+
+def predict_temporal(cfg, nusc, tokens: list[str], todo: set[str], out: Path, exact: bool, progress: bool) -> None:
+    """Walk ``tokens`` (the split's keyframes in time order) once; predict those in ``todo`` with the official
+    history (``official_adjacent``), encoding each keyframe that is predicted or is history of one exactly once."""
+    from tqdm import tqdm
+
+    from flashocc_ros.temporal import TemporalPipeline
+
+    pipe = TemporalPipeline(cfg)
+    slots = cfg.variant.num_frames - 1
+    scenes = [nusc.get("sample", t)["scene_token"] for t in tokens]
+    adjacent = {i: official_adjacent(scenes, i, slots) for i, t in enumerate(tokens) if t in todo}
+    needed = set(adjacent) | {j for adj in adjacent.values() for j in adj if j is not None}
+    if progress:
+        print(
+            f"{cfg.variant.short}: {slots} previous keyframe(s) per sample, the official way (same scene, else the "
+            f"current frame); {len(needed) - len(adjacent)} keyframe(s) encoded as history only",
+            file=sys.stderr,
+        )
+    records: dict = {}
+    with tqdm(total=len(adjacent), desc=f"predict {cfg.variant.short}", unit="sample", disable=not progress) as bar:
+        for i in sorted(needed):
+            token = tokens[i]
+            jpegs, calib = sample_inputs(nusc, token)
+            images = camera_inputs(jpegs, calib, token, exact)
+            stamp = nusc.get("sample", token)["timestamp"] * 1e-6
+            if i in adjacent:
+                previous = [None if j is None else records[j] for j in adjacent[i]]
+                result, records[i] = pipe.run_with_history(images, calib, previous, stamp)
+                ev.write_prediction(out / f"{token}.npz", result.semantic, result.panoptic)
+                bar.update()
+            else:
+                records[i] = pipe.encode(images, calib, stamp)
+            for j in [j for j in records if j < i - slots]:  # no later keyframe looks further back
+                del records[j]
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -98,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _model_overrides(args))
     nusc = ev.load_nuscenes(args.dataroot, args.version)
     tokens = ev.split_sample_tokens(nusc, args.split)
+    stamps = ev.sample_timestamps(nusc, tokens)
+    tokens.sort(key=stamps.__getitem__)  # the official test order (keyframe infos sorted by time)
     if args.limit:
         tokens = tokens[: args.limit]
     todo = [t for t in tokens if args.overwrite or not (args.out / f"{t}.npz").exists()]
@@ -106,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if not todo:
         return 0
+    if cfg.variant.temporal:
+        predict_temporal(cfg, nusc, tokens, set(todo), args.out, not args.fast_jpeg, not args.no_progress)
+        return len(todo)
     with OccupancyPipeline(cfg, log=(lambda *a: None) if args.no_progress else print) as pipeline:
         for token in tqdm(todo, desc=f"predict {cfg.variant.short}", unit="sample", disable=args.no_progress):
             jpegs, calib = sample_inputs(nusc, token)
