@@ -4,6 +4,9 @@
   real DDS) <- flashocc-play, outputs -> flashocc-record -> flashocc-eval (mIoU, RayIoU) -> renderings + timing
   -> <out>/report.md
 
+Any of the seven variants (--variant, official or short name); the temporal ones (M2, P2, P9) run through the node's
+temporal path and play slower on CPU (see --seconds-per-frame).
+
 Weights: --checkpoint, else models/<variant>.pth, else deterministic UNTRAINED weights (loud warning: the
 occupancy is then meaningless, but every step, timing and tool is real).
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashocc_ros.config import CLASS_NAMES, DEFAULT_VARIANT, VARIANTS, CameraConfig
+from flashocc_ros.config import CLASS_NAMES, DEFAULT_VARIANT, VARIANTS, CameraConfig, get_variant
 from flashocc_ros.launch_support import fastdds_profile, node_command, share_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flashocc-demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("--out", type=Path, default=Path("reports/demo"), help="report folder (default reports/demo)")
-    p.add_argument("--variant", default=DEFAULT_VARIANT, choices=sorted(VARIANTS))
+    p.add_argument(
+        "--variant",
+        default=DEFAULT_VARIANT,
+        type=variant_name,
+        choices=sorted(VARIANTS),
+        metavar="VARIANT",
+        help="model variant: official config name or short name (M0, M1, PT, PF; temporal M2, P2, P9);\n"
+        f"default {DEFAULT_VARIANT}",
+    )
     p.add_argument("--checkpoint", default="", help="official .pth (default: models/<variant>.pth if present)")
     p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "pytorch"))
     p.add_argument("--device", default="cpu")
@@ -68,11 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds-per-frame",
         type=float,
         default=0.0,
-        help="wall seconds between played keyframes (default 5 on CPU, 0.5 on CUDA): the node keeps the latest\n"
-        "complete camera set, so frames arriving faster than it runs are replaced (counted, not queued)",
+        help="wall seconds between played keyframes (default on CPU: 5, 20 for the two-frame temporal variants,\n"
+        "90 for P9; 0.5 on CUDA): the node keeps the latest complete camera set, so frames arriving faster than\n"
+        "it runs are replaced (counted, not queued); for a temporal variant a replaced keyframe is also a\n"
+        "missing history frame",
     )
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
     return p
+
+
+def variant_name(name: str) -> str:
+    """Official config name of ``name`` (official or short name); argparse's error names the known variants."""
+    try:
+        return get_variant(name).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def default_spacing(variant: str, device: str) -> float:
+    """Wall seconds between played keyframes so the node (untrained weights, 2 CPU cores) keeps up with every one."""
+    if device != "cpu":
+        return 0.5
+    v = VARIANTS[variant]
+    return 5.0 if not v.temporal else 10.0 * v.bev_frames
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -196,7 +225,7 @@ def run_pipeline(args, bag: Path, checkpoint: str, out: Path, steps: Steps) -> P
         play_base = [sys.executable, "-m", "flashocc_ros.tools.play", str(bag), "--wait-for-subscribers"]
         play_base += ["--wait-timeout", "60", "--topics", *play_topics]
 
-        spacing = args.seconds_per_frame if args.seconds_per_frame > 0 else (5.0 if args.device == "cpu" else 0.5)
+        spacing = args.seconds_per_frame if args.seconds_per_frame > 0 else default_spacing(args.variant, args.device)
         period = bag_keyframe_period(bag)
         rate = min(1.0, period / spacing)
         steps(f"playing {num_frames} keyframes at rate {rate:.3f} ({spacing:.1f} s per frame)")
@@ -334,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
             "bag": str(bag),
             "recorded": str(recorded),
         }
+        variant = VARIANTS[args.variant]
+        if variant.temporal:
+            info["history"] = (
+                f"{variant.num_frames - 1} previous keyframe(s), chosen by time in the node (a missing one is "
+                "replaced by the current frame, the official scene-start rule)"
+            )
         report = write_report(out, info, evaluation, timing, images)
     except DemoError as exc:
         print(f"flashocc-demo: error: {exc}", file=sys.stderr)
