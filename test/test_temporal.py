@@ -189,3 +189,23 @@ def test_a_bag_loop_resets_the_pipeline_history_once():
         pipe.run(imgs, _moving_rig(stamp), stamp)
     assert len(warnings) == 1 and "time went back from 11.000 s to 10.000 s" in warnings[0]
     assert pipe.last_history_depth == 1 and pipe.status()["history_resets"] == 1
+
+
+def test_explicit_history_leaves_the_stream_alone_and_counts_its_frames():
+    """encode / run_with_history (flashocc-predict's entry): the caller's previous frames are used, one encoder pass
+    per call, the streaming history is neither read nor changed (no reset even when stamps go back)."""
+    p9 = "panoptic-flashocc-r50-depth4d-longterm8f-pano"
+    model = _CountingModel(get_variant(p9))
+    warnings = []
+    pipe = TemporalPipeline(load_config(overrides={"model": {"variant": p9}}), model=model, warn=warnings.append)
+    imgs = np.zeros((6, 3, 256, 704), np.float32)
+    first = pipe.encode(imgs, _moving_rig(0.0), 0.0)
+    _, second = pipe.run_with_history(imgs, _moving_rig(0.5), [first] + [None] * 7, 0.5)
+    assert pipe.last_history_depth == 1 and isinstance(second, FrameRecord)
+    _, third = pipe.run_with_history(imgs, _moving_rig(0.2), [second, first] + [first] * 6, 0.2)  # back in time
+    assert pipe.last_history_depth == 8
+    assert pipe.encoder_passes == 3 and len(pipe.history) == 0 and pipe.history.resets == 0 and not warnings
+    with pytest.raises(PipelineError, match=r"takes 8 previous frame\(s\), got 2"):
+        pipe.run_with_history(imgs, _moving_rig(1.0), [third, second])
+    with pytest.raises(PipelineError, match="expected FrameRecord or None entries"):
+        pipe.run_with_history(imgs, _moving_rig(1.0), ["frame"] * 8)
