@@ -398,7 +398,16 @@ def _feature_index_table(variant: ModelVariant) -> np.ndarray:
     return table
 
 
-def compute_pool_indices(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda=None) -> PoolIndices:
+def empty_pool_indices() -> PoolIndices:
+    """Pool indices that lift nothing: the frame's BEV is all zeros (the official voxel pooling's answer, with a
+    warning, when no frustum point falls inside the grid)."""
+    e = torch.zeros(0, dtype=torch.int32)
+    return PoolIndices(e, e.clone(), e.clone(), e.clone(), e.clone())
+
+
+def compute_pool_indices(
+    variant, sensor2keyego, intrinsics, post_rot, post_tran, bda=None, allow_empty: bool = False
+) -> PoolIndices:
     """Quantise the frustum into the 200x200x1 LSS grid and build the bev_pool_v2 indices (int32).
 
     Indices use truncation toward zero, like the official voxel_pooling_prepare_v2 (``.long()``), on bit-identical
@@ -407,12 +416,17 @@ def compute_pool_indices(variant, sensor2keyego, intrinsics, post_rot, post_tran
     the official operation order element for element and fast enough to run every frame (ego motion; see
     benchmarks/bench_geometry.py). A camera whose transform inputs are those of a recent call (the key camera of a
     moving vehicle) reuses its kept points and cells.
+
+    No point inside the grid is an error (a broken calibration) unless ``allow_empty`` (a temporal model's history
+    frame that the vehicle has driven away from): then ``empty_pool_indices()``, whose BEV is zeros.
     """
     v = get_variant(variant) if isinstance(variant, str) else variant
     cams = _camera_transforms(sensor2keyego, intrinsics, post_rot, post_tran, bda)
     parts = [_camera_ranks(v, cam) for cam in cams]
     total = sum(points.size for points, _ in parts)
     if total == 0:
+        if allow_empty:
+            return empty_pool_indices()
         raise ValueError("calibration puts no frustum point inside the BEV grid; check intrinsics/extrinsics")
     points_per_camera = _frustum_columns(v).shape[1]
     dx, dy, dz = BEV_SIZE

@@ -18,6 +18,7 @@ model. ``forward_frames`` runs all frames at once (the official test path); the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -194,10 +195,21 @@ def split_inputs(inputs: dict, num_frames: int) -> dict[str, np.ndarray]:
     return out
 
 
-def frame_geometry(variant, sensor2ego, ego2global, key_ego2global, intrins, post_rot, post_tran, bda):
-    """(sensor2keyego (6,4,4), PoolIndices) of one frame lifted into the key ego ``key_ego2global`` (4, 4)."""
+def frame_geometry(variant, sensor2ego, ego2global, key_ego2global, intrins, post_rot, post_tran, bda, history=False):
+    """(sensor2keyego (6,4,4), PoolIndices) of one frame lifted into the key ego ``key_ego2global`` (4, 4).
+
+    A ``history`` frame that puts no frustum point inside the current grid (the vehicle drove > ~85 m since) lifts
+    to an all-zero BEV, as in the official voxel pooling, with a RuntimeWarning; for the current frame it is an
+    error (the calibration is broken)."""
     s2ke = sensor_to_key_ego(sensor2ego, ego2global, key_ego2global=key_ego2global)
-    return s2ke, compute_pool_indices(variant, s2ke, intrins, post_rot, post_tran, bda)
+    pool = compute_pool_indices(variant, s2ke, intrins, post_rot, post_tran, bda, allow_empty=history)
+    if pool.num_points == 0:
+        warnings.warn(
+            "a history frame has no frustum point inside the current BEV grid: its BEV is zeros",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return s2ke, pool
 
 
 def temporal_geometry(variant, frames: dict[str, np.ndarray]) -> TemporalGeometry:
@@ -208,7 +220,7 @@ def temporal_geometry(variant, frames: dict[str, np.ndarray]) -> TemporalGeometr
     geo = (frames["intrins"][0], frames["post_rots"][0], frames["post_trans"][0], frames["bda"])
     s2kes, pools = [], []
     for k in range(v.bev_frames):
-        s2ke, pool = frame_geometry(v, frames["sensor2egos"][k], frames["ego2globals"][k], key, *geo)
+        s2ke, pool = frame_geometry(v, frames["sensor2egos"][k], frames["ego2globals"][k], key, *geo, history=k > 0)
         s2kes.append(s2ke)
         pools.append(pool)
     mlp = make_mlp_input(s2kes[0], *geo)

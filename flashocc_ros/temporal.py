@@ -346,7 +346,15 @@ class TemporalPipeline:
                         rec.depth_cache = cache = (dkey, out, depth, context)
                     _, out, depth, context = cache
                     s2ke, pool = frame_geometry(
-                        self.variant, rec.sensor2ego, rec.ego2global, key, intrins, post_rot, post_tran, bda
+                        self.variant,
+                        rec.sensor2ego,
+                        rec.ego2global,
+                        key,
+                        intrins,
+                        post_rot,
+                        post_tran,
+                        bda,
+                        history=rec is not current,
                     )
                     bev, pp = m.bev_frame(depth, context, pool.to(self.device))
                     done[id(rec)] = (out, depth, bev, pp, s2ke, pool.num_points)

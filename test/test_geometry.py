@@ -338,3 +338,35 @@ def test_cached_inverse_is_the_inverse_of_each_matrix():
     second = _inverse(m2)
     assert torch.equal(first, torch.inverse(m)) and torch.equal(second, torch.inverse(m2))
     assert not torch.equal(second[3], first[3]) and torch.equal(second[4], first[4])
+
+
+def test_history_frame_far_away_lifts_to_zeros_current_frame_is_an_error():
+    """A history frame of a temporal model whose cameras are > 85 m from the current ego puts no frustum point in
+    the grid: official voxel pooling returns an all-zero BEV for it (with a warning); for the current frame the
+    same is a broken calibration and raises."""
+    import warnings
+
+    from flashocc_ros.geometry import bev_pool, bev_pool_csr
+    from flashocc_ros.model4d import frame_geometry
+
+    rig = reference_rig()
+    aug = augmentation_for((900, 1600))
+    post_rot, post_tran = np.stack([aug.post_rot] * 6), np.stack([aug.post_tran] * 6)
+    key = rig.ego2global[0]
+    far = rig.ego2global.copy()
+    far[:, 0, 3] -= 200.0  # the vehicle was 200 m behind
+    args = ("P2", rig.sensor2ego, far, key, rig.intrinsics, post_rot, post_tran, np.eye(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="no frustum point inside the BEV grid"):
+        frame_geometry(*args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, pool = frame_geometry(*args, history=True)
+    assert pool.num_points == 0
+    assert any("history frame has no frustum point" in str(w.message) for w in caught)
+    depth = torch.rand(6, 88, 16, 44)
+    context = torch.rand(6, 80, 16, 44)
+    for fn in (bev_pool, bev_pool_csr):
+        out = fn(depth, context, pool)
+        assert out.shape == (1, 80, 200, 200) and not out.any()
+    _, near = frame_geometry(*args[:2], rig.ego2global, *args[3:], history=True)
+    assert near.num_points > 0
