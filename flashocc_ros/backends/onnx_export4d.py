@@ -50,6 +50,7 @@ from flashocc_ros.atomic import atomic_write_bytes, atomic_write_text
 from flashocc_ros.backends.base import IMAGE_INPUT, IMAGE_SHAPE, MLP_INPUT, BackendError
 from flashocc_ros.backends.onnx_export import OPSET, output_names, validate_standard_proto, weights_digest
 from flashocc_ros.backends.pooling import (
+    MAX_ROWS_PER_CELL,
     NUM_BEV_CELLS,
     POOL_INPUTS,
     SLOT_WIDTH,
@@ -317,6 +318,40 @@ def fusion_inputs(
 
 
 # -- export -------------------------------------------------------------------------------------------------------
+def pool_profile(variant: ModelVariant, opt_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, dict[str, list]]:
+    """TensorRT optimisation profile of the fusion graph's pooling tables: min 1 row / cell, opt ``opt_shapes``
+    (export: the reference nuScenes rig in every slot), max = every frustum point of every slot its own row, every
+    BEV cell of every slot non-empty, ``MAX_ROWS_PER_CELL`` rows (1,024 points) per cell as the single-frame
+    engines, or the reference rig's fullest cell when that needs more)."""
+    nf = variant.bev_frames
+    max_rows, max_cells = nf * depth_size(variant.depth_bins), nf * NUM_BEV_CELLS
+    out = {}
+    for name, mx in zip(POOL_INPUTS[:3], ((max_rows, SLOT_WIDTH), (max_rows, SLOT_WIDTH), (max_cells, None))):
+        opt = list(opt_shapes[name])
+        if mx[1] is None:  # M2's reference rig already needs 87 rows in its fullest cell
+            mx = (mx[0], max(MAX_ROWS_PER_CELL, opt[1]))
+        out[name] = {"min": [1, opt[1] if name != POOL_INPUTS[2] else 1], "opt": opt, "max": list(mx)}
+    return out
+
+
+def trtexec_commands(meta: Mapping, precision: str = "fp16") -> dict[str, str]:
+    """trtexec command lines building one engine per graph from a ``.temporal.json`` sidecar (not run here)."""
+    flag = {"fp32": "", "fp16": " --fp16", "int8": " --int8 --fp16"}[precision]
+    cmds = {}
+    for role in (ENCODER, FUSION):
+        onnx_file = meta["graphs"][role]["file"]
+        engine = onnx_file.removesuffix(".onnx") + f".{precision}.engine"
+        cmd = f"trtexec --onnx={onnx_file} --saveEngine={engine}{flag}"
+        if role == FUSION:
+            for key in ("min", "opt", "max"):
+                shapes = ",".join(
+                    f"{name}:{'x'.join(str(d) for d in prof[key])}" for name, prof in meta["pool_profile"].items()
+                )
+                cmd += f" --{key}Shapes={shapes}"
+        cmds[role] = cmd
+    return cmds
+
+
 def output_paths(out: str | Path) -> dict[str, Path]:
     """``-o base.onnx`` (or ``base``) -> base.encoder.onnx, base.fusion.onnx, base.temporal.json."""
     out = Path(out)
@@ -476,6 +511,7 @@ def export_temporal_onnx(
         ),
         "pooling": "pool_* = fusion_pool_tables(per-slot pool indices, each slot lifted into the current key ego)",
         "mlp_input": "the current frame's camera-aware input (geometry.make_mlp_input), shared by every slot",
+        "pool_profile": pool_profile(v, {n: tuple(a.shape) for n, a in zip(fusion_input_names(v), fus_args)}),
     }
     for role in (ENCODER, FUSION):
         atomic_write_bytes(paths[role], data[role])

@@ -60,7 +60,7 @@ def cmd_onnx(args) -> int:
 
 
 def _export_temporal(cfg, state_dict, weights_id, args) -> int:
-    from flashocc_ros.backends.onnx_export4d import export_temporal_onnx
+    from flashocc_ros.backends.onnx_export4d import export_temporal_onnx, trtexec_commands
 
     report = export_temporal_onnx(cfg.variant, state_dict, args.output, with_logits=args.logits)
     for role in ("encoder", "fusion"):
@@ -72,6 +72,9 @@ def _export_temporal(cfg, state_dict, weights_id, args) -> int:
         f"wrote {report.paths['metadata']} ({report.metadata['frames']} frames; weights {weights_id}); "
         f"{report.seconds:.1f} s; onnx.checker passed"
     )
+    print("TensorRT engines (one per graph; run in the output folder on the target machine):")
+    for cmd in trtexec_commands(report.metadata).values():
+        print(f"  {cmd}")
     return 0
 
 

@@ -26,6 +26,7 @@ from flashocc_ros.backends.onnx_export4d import (
     output_paths,
     read_temporal_metadata,
     stereo_grid_export,
+    trtexec_commands,
     validate_temporal_onnx,
 )
 from flashocc_ros.backends.pooling import POOL_INPUTS, gather_pool, pool_tables_from_indices
@@ -131,6 +132,17 @@ def test_two_standard_onnx_graphs_with_a_sidecar_describing_them():
         assert ops <= ALLOWED_OPS, sorted(ops - ALLOWED_OPS)
     with pytest.raises(BackendError, match="wanted the 'fusion' graph"):
         validate_temporal_onnx(paths[ENCODER], v, FUSION)
+    # the TensorRT profile of the pooling tables admits the golden sample's tables; trtexec lines name the files
+    profile = meta["pool_profile"]
+    tables = fusion_pool_tables(temporal_geometry(v, split_inputs(seed0_inputs_4d(2), 2)).pools, v.depth_bins)
+    for name, arr in tables.as_inputs().items():
+        if name in profile:
+            lo, hi = profile[name]["min"], profile[name]["max"]
+            assert all(a <= d <= b for a, d, b in zip(lo, arr.shape, hi)), (name, arr.shape, lo, hi)
+    assert profile["pool_depth_index"]["max"] == [2 * 6 * 88 * 16 * 44, 16]
+    cmds = trtexec_commands(meta)
+    assert cmds[ENCODER] == f"trtexec --onnx={paths[ENCODER].name} --saveEngine={v.name}.encoder.fp16.engine --fp16"
+    assert f"--onnx={paths[FUSION].name}" in cmds[FUSION] and "--minShapes=pool_depth_index:1x16," in cmds[FUSION]
 
 
 def test_fusion_graph_is_static_for_fixed_frames_except_the_pooling_table_lengths():
@@ -228,6 +240,11 @@ def test_command_line_and_api_refuse_what_does_not_apply(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "P2" in err or "depth4d" in err
     assert "temporal" in err and "trtexec" in err
+    p2 = get_variant("P2").name
+    assert main(["build_only", "--set", f"model.variant={p2}", "--set", "model.backend=onnxruntime"]) == 2
+    assert "build_only (model.backend onnxruntime)" in capsys.readouterr().err
+    assert main(["build_only", "--set", f"model.variant={p2}"]) == 0  # auto: the pytorch temporal pipeline
+    assert "nothing to build" in capsys.readouterr().out
     with pytest.raises(BackendError, match="temporal"):
         export_onnx("P2", {}, tmp_path / "x.onnx")
     with pytest.raises(BackendError, match="single-frame"):
