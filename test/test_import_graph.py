@@ -107,6 +107,7 @@ LAYERS = {
     "dataset.synthetic ros_convert launch_support",
     2: "geometry gpu_preprocess model model4d networks bagio evaluation viz viz.raster viz.render",
     3: "weights checkpoint loading backends backends.base backends.pooling backends.engine_cache backends.onnx_export "
+    "backends.onnx_export4d "
     "backends.tensorrt_env backends.calibration backends.torch_runner backends.ort_runner backends.tensorrt_runner",
     4: "pipeline temporal rig",
     5: "node parameters qos ros_tf",

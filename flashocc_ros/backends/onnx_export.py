@@ -133,6 +133,10 @@ def export_onnx(
     from flashocc_ros.networks import build_model
 
     v = get_variant(variant) if isinstance(variant, str) else variant
+    if v.temporal:
+        raise BackendError(
+            f"{v.name} is temporal: it exports as an encoder and a fusion graph (onnx_export4d.export_temporal_onnx)"
+        )
     out_path = Path(out_path)
     t0 = time.perf_counter()
     model = build_model(v.name, "cpu")  # eval mode
@@ -209,9 +213,15 @@ def validate_onnx(path: str | Path, variant: ModelVariant | str, with_logits: bo
 
 
 def validate_proto(proto, path, variant: ModelVariant | str, with_logits: bool | None = None) -> None:
+    v = get_variant(variant) if isinstance(variant, str) else variant
+    validate_standard_proto(proto, path)
+    check_interface(proto, path, v, with_logits)
+
+
+def validate_standard_proto(proto, path) -> None:
+    """onnx.checker (full, with shape inference) and standard-domain operators only (no plugins)."""
     import onnx
 
-    v = get_variant(variant) if isinstance(variant, str) else variant
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # onnx raises ValidationError / InferenceError
@@ -219,7 +229,6 @@ def validate_proto(proto, path, variant: ModelVariant | str, with_logits: bool |
     custom = sorted({f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain not in STANDARD_DOMAINS})
     if custom:
         raise BackendError(f"{path}: non-standard operators {custom} (this package exports standard ONNX only)")
-    check_interface(proto, path, v, with_logits)
 
 
 def check_interface(proto, path, variant: ModelVariant, with_logits: bool | None = None) -> None:

@@ -109,10 +109,13 @@ def gather_pool(
     feat_index: torch.Tensor,
     cell_rows: torch.Tensor,
     bev_cell: torch.Tensor,
+    frames: int = 1,
 ) -> torch.Tensor:
     """(1, C, 200, 200) BEV features from depth (6, D, 16, 44) probabilities and context (6, C, 16, 44).
 
     Same result as ``geometry.bev_pool`` up to float summation order; exports to Gather/MatMul/ReduceSum only.
+    ``frames`` > 1: depth / context of ``frames`` x 6 cameras and slot-concatenated tables
+    (``onnx_export4d.fusion_pool_tables``, ``bev_cell`` of length frames x 40000) -> (frames, C, 200, 200).
     """
     num_ch = context.shape[1]
     width = depth_index.shape[1]
@@ -126,7 +129,7 @@ def gather_pool(
     cell_sums = torch.cat([cell_sums, cell_sums.new_zeros(1, num_ch)])
     bev = cell_sums.index_select(0, bev_cell)  # (40000, C)
     dx, dy, _ = BEV_SIZE
-    return bev.view(1, dy, dx, num_ch).permute(0, 3, 1, 2)
+    return bev.view(frames, dy, dx, num_ch).permute(0, 3, 1, 2)
 
 
 def _np64(t) -> np.ndarray:

@@ -1,6 +1,8 @@
 """flashocc-export: ONNX export and TensorRT engine building (ahead of time).
 
   flashocc-export onnx   --variant M0 [--checkpoint CKPT] [--logits] -o m0.onnx
+  flashocc-export onnx   --variant P2 [--checkpoint CKPT] [--logits] -o p2.onnx
+                         (temporal variants P2 / P9 / M2: p2.encoder.onnx + p2.fusion.onnx + p2.temporal.json)
   flashocc-export engine (--onnx m0.onnx --variant M0 | --variant M0 [--checkpoint CKPT]) --precision fp16
                          [-o m0.engine] [--calib-images DIR | --calib-bag BAG] [--device cuda:0]
   flashocc-export build_only [--config config/flashocc.yaml] [--set model.precision=fp16 ...]
@@ -32,17 +34,47 @@ def _model_cfg(args) -> ModelConfig:
     return cfg
 
 
+def _refuse_temporal(variant_name: str, command: str) -> None:
+    if get_variant(variant_name).temporal:
+        raise ConfigError(
+            f"{command}: {variant_name} is temporal (an encoder and a fusion graph, not one engine); export the two "
+            f"graphs with `flashocc-export onnx --variant {variant_name} -o BASE.onnx` and build each with trtexec "
+            "(docs/deployment.md, 'Temporal variants')"
+        )
+
+
 def cmd_onnx(args) -> int:
     from flashocc_ros.backends import load_weights
     from flashocc_ros.backends.onnx_export import export_onnx
 
     cfg = _model_cfg(args)
     state_dict, weights_id = load_weights(cfg)
+    if get_variant(cfg.variant).temporal:
+        return _export_temporal(cfg, state_dict, weights_id, args)
     report = export_onnx(cfg.variant, state_dict, args.output, with_logits=args.logits)
     print(
         f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, {report.num_nodes} nodes, {report.seconds:.1f} s, "
         f"weights {weights_id}); onnx.checker passed; operators: {', '.join(report.op_types)}"
     )
+    return 0
+
+
+def _export_temporal(cfg, state_dict, weights_id, args) -> int:
+    from flashocc_ros.backends.onnx_export4d import export_temporal_onnx, trtexec_commands
+
+    report = export_temporal_onnx(cfg.variant, state_dict, args.output, with_logits=args.logits)
+    for role in ("encoder", "fusion"):
+        print(
+            f"wrote {report.paths[role]} ({role}, {report.size_bytes[role] / 1e6:.1f} MB); "
+            f"operators: {', '.join(report.op_types[role])}"
+        )
+    print(
+        f"wrote {report.paths['metadata']} ({report.metadata['frames']} frames; weights {weights_id}); "
+        f"{report.seconds:.1f} s; onnx.checker passed"
+    )
+    print("TensorRT engines (one per graph; run in the output folder on the target machine):")
+    for cmd in trtexec_commands(report.metadata).values():
+        print(f"  {cmd}")
     return 0
 
 
@@ -60,6 +92,7 @@ def cmd_engine(args) -> int:
 
     cfg = _model_cfg(args)
     variant = get_variant(cfg.variant)
+    _refuse_temporal(variant.name, "engine")
     machine_identity(args.device)  # clear error before any export when there is no GPU / tensorrt
     if args.onnx:
         cfg.engine = args.onnx
@@ -91,6 +124,11 @@ def cmd_build_only(args) -> int:
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value) if value else value
     cfg = load_config(args.config, unflatten(overrides) if overrides else None)
+    if cfg.variant.temporal:
+        if cfg.model.backend not in ("auto", "pytorch"):
+            _refuse_temporal(cfg.variant.name, f"build_only (model.backend {cfg.model.backend})")
+        print(f"{cfg.variant.name}: the temporal pipeline runs on the pytorch backend; nothing to build")
+        return 0
     backend = resolve_backend(cfg.model)
     if backend == "pytorch":
         print("backend pytorch: nothing to build")
@@ -132,7 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--variant", default="flashocc-r50-M0", help="official config name or M0/M1/PT/PF")
     o.add_argument("--checkpoint", default="", help="weights (.pth); default: deterministic untrained weights")
     o.add_argument("--logits", action="store_true", help="also output occ_logits (1,200,200,16,18)")
-    o.add_argument("-o", "--output", required=True, type=Path)
+    o.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        help="ONNX file; temporal variants: base path, writes BASE.encoder.onnx, BASE.fusion.onnx, BASE.temporal.json",
+    )
     o.set_defaults(func=cmd_onnx)
 
     e = sub.add_parser("engine", help="build a TensorRT engine (to -o FILE, or into the engine cache)")

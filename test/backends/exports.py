@@ -70,3 +70,17 @@ def torch_reference(short: str) -> dict[str, np.ndarray]:
         runner.prepare(geo.pool, geo.mlp_input)
         out = runner.infer(golden_images())
         return {k: v.copy() for k, v in out.items()}
+
+
+@functools.cache
+def exported_temporal(short: str) -> dict[str, Path]:
+    """Encoder + fusion graphs and JSON sidecar of a temporal variant (with logits, deterministic seed-0 weights),
+    made once per session through the `flashocc-export onnx` command line (~15 s P2, ~25 s P9 on 2 cores)."""
+    from flashocc_ros.backends.onnx_export4d import output_paths
+    from flashocc_ros.tools.export import main
+
+    v = get_variant(short)
+    folder = export_dir() / f"{v.name}-4d"
+    base = folder / f"{v.name}.onnx"
+    assert main(["onnx", "--variant", short, "--logits", "-o", str(base)]) == 0
+    return output_paths(base)
