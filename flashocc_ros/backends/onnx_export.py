@@ -26,23 +26,11 @@ import torch
 from torch import nn
 
 from flashocc_ros.atomic import atomic_write_bytes
-from flashocc_ros.backends.base import (
-    CENTER_HEATMAP,
-    CENTER_HEIGHT,
-    CENTER_REG,
-    IMAGE_INPUT,
-    IMAGE_SHAPE,
-    MLP_INPUT,
-    OCC_LABELS,
-    OCC_LOGITS,
-    BackendError,
-    output_specs,
-)
+from flashocc_ros.backends.base import EXPORT_FORMAT, IMAGE_SHAPE, BackendError, input_names, output_names
 from flashocc_ros.backends.pooling import POOL_INPUTS, SLOT_WIDTH, gather_pool, pool_tables_from_indices
 from flashocc_ros.config import ModelVariant, get_variant
 
 OPSET = 17
-EXPORT_FORMAT = "flashocc_ros/onnx-v1"  # bump when graph inputs/outputs change
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
 
@@ -70,17 +58,6 @@ class ExportGraph(nn.Module):
             maps = m.aux_centerness_head(bev_enc)
             outs += [maps["heatmap"], maps["reg"], maps["height"]]
         return tuple(outs)
-
-
-def input_names(variant: ModelVariant) -> list[str]:
-    names = [IMAGE_INPUT, *POOL_INPUTS]
-    if variant.depth_net == "bevdepth":
-        names.append(MLP_INPUT)
-    return names
-
-
-def output_names(variant: ModelVariant, with_logits: bool = False) -> list[str]:
-    return [s.name for s in output_specs(variant, with_logits)]
 
 
 @dataclass(frozen=True)
@@ -245,13 +222,8 @@ def check_interface(proto, path, variant: ModelVariant, with_logits: bool | None
         )
 
 
-# Name each output so tests/tools can refer to them without importing base.
 __all__ = [
-    "CENTER_HEATMAP",
-    "CENTER_HEIGHT",
-    "CENTER_REG",
-    "OCC_LABELS",
-    "OCC_LOGITS",
+    "EXPORT_FORMAT",
     "ExportGraph",
     "ExportReport",
     "export_onnx",
