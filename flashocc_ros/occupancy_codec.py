@@ -3,7 +3,7 @@ written once, for both message flavours (rclpy messages on the node, rosbags dat
 
 Encoding goes through a plain field dict that mirrors the message (keys = field names; nested messages are dicts,
 sequences of messages lists of dicts, numeric sequences numpy arrays, a header the caller's ready header message).
-Two thin adapters turn it into a message: ``fill_rclpy`` (attributes of an rclpy message; bulk fields as bytes /
+Two thin adapters turn it into a message: ``fill_rclpy`` (attributes of an rclpy message; bulk fields as
 array.array, never numpy, see ENVIRONMENT.md) and ``build_rosbags`` (the typestore's dataclasses). The decoders
 (``occupancy_from_msg``, ``panoptic_from_msg``, ``points_from_msg``) read either flavour by duck typing.
 No rclpy or rosbags import: message classes come from the caller (rosbags) or from the message itself (rclpy).
@@ -151,12 +151,11 @@ def pointcloud_fields(records: np.ndarray, header: Any, dtype: np.dtype) -> dict
 _ARRAY_TYPECODES = {np.dtype(np.uint8): "B", np.dtype(np.uint16): "H", np.dtype(np.float32): "f"}
 
 
-def _rclpy_value(value: np.ndarray):
-    """A numeric sequence as rclpy takes it fastest: uint8 as bytes, others as array.array (one copy each)."""
-    if value.dtype == np.uint8:
-        return value.tobytes()
+def _rclpy_value(value: np.ndarray) -> array.array:
+    """A numeric sequence as rclpy takes it without conversion: an array.array filled straight from the numpy
+    buffer (one copy)."""
     buf = array.array(_ARRAY_TYPECODES[value.dtype])
-    buf.frombytes(np.ascontiguousarray(value).tobytes())
+    buf.frombytes(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
     return buf
 
 
