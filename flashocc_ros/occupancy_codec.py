@@ -3,15 +3,16 @@ written once, for both message flavours (rclpy messages on the node, rosbags dat
 
 Encoding goes through a plain field dict that mirrors the message (keys = field names; nested messages are dicts,
 sequences of messages lists of dicts, numeric sequences numpy arrays, a header the caller's ready header message).
-Two thin adapters turn it into a message: ``fill_rclpy`` (attributes of an rclpy message; bulk fields as
-array.array, never numpy, see ENVIRONMENT.md) and ``build_rosbags`` (the typestore's dataclasses). The decoders
-(``occupancy_from_msg``, ``panoptic_from_msg``, ``points_from_msg``) read either flavour by duck typing.
+Two thin adapters turn it into a message: ``build_rclpy`` / ``fill_rclpy`` (rclpy messages, each field set once;
+bulk fields as array.array, never numpy, see ENVIRONMENT.md) and ``build_rosbags`` (the typestore's dataclasses).
+The decoders (``occupancy_from_msg``, ``panoptic_from_msg``, ``points_from_msg``) read either flavour.
 No rclpy or rosbags import: message classes come from the caller (rosbags) or from the message itself (rclpy).
 """
 
 from __future__ import annotations
 
 import array
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Any
@@ -151,7 +152,7 @@ def pointcloud_fields(records: np.ndarray, header: Any, dtype: np.dtype) -> dict
 _ARRAY_TYPECODES = {np.dtype(np.uint8): "B", np.dtype(np.uint16): "H", np.dtype(np.float32): "f"}
 
 
-def _rclpy_value(value: np.ndarray) -> array.array:
+def _rclpy_array(value: np.ndarray) -> array.array:
     """A numeric sequence as rclpy takes it without conversion: an array.array filled straight from the numpy
     buffer (one copy)."""
     buf = array.array(_ARRAY_TYPECODES[value.dtype])
@@ -159,25 +160,57 @@ def _rclpy_value(value: np.ndarray) -> array.array:
     return buf
 
 
-def _rclpy_element_class(msg: Any, name: str):
-    """The message class of the elements of sequence field ``name`` of rclpy message ``msg``."""
-    slot = msg.SLOT_TYPES[list(msg.__slots__).index(f"_{name}")]
-    t = slot.value_type
+@functools.cache
+def _rclpy_field_class(cls: type, name: str) -> type:
+    """The message class of field ``name`` of rclpy message class ``cls`` (of its elements, for a sequence)."""
+    slot = cls.SLOT_TYPES[list(cls.__slots__).index(f"_{name}")]
+    t = getattr(slot, "value_type", slot)
     return getattr(importlib.import_module(".".join(t.namespaces)), t.name)
 
 
+def _rclpy_value(cls: type, name: str, value: Any) -> Any:
+    if isinstance(value, dict):
+        return build_rclpy(_rclpy_field_class(cls, name), value)
+    if isinstance(value, np.ndarray):
+        return _rclpy_array(value)
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return _rclpy_messages(_rclpy_field_class(cls, name), value)
+    return value
+
+
+def _is_plain(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str))
+
+
+def _rclpy_messages(element: type, items: list[dict]) -> list:
+    """A sequence of messages. Items of plain fields and one level of nested plain messages (as instances with
+    their centre) take a direct path: the per-field dispatch of ``build_rclpy`` would cost several times more."""
+    first = items[0]
+    nested = {k: v for k, v in first.items() if isinstance(v, dict)}
+    if not all(_is_plain(v) for k, v in first.items() if k not in nested) or not all(
+        _is_plain(x) for v in nested.values() for x in v.values()
+    ):
+        return [build_rclpy(element, item) for item in items]
+    classes = [(k, _rclpy_field_class(element, k)) for k in nested]
+    out = []
+    for item in items:
+        kwargs = dict(item)
+        for k, sub in classes:
+            kwargs[k] = sub(**kwargs[k])
+        out.append(element(**kwargs))
+    return out
+
+
+def build_rclpy(cls: type, fields: dict) -> Any:
+    """An rclpy message of class ``cls`` with ``fields`` (each field set once, through the constructor)."""
+    return cls(**{name: _rclpy_value(cls, name, value) for name, value in fields.items()})
+
+
 def fill_rclpy(msg: Any, fields: dict) -> Any:
-    """Set the fields of rclpy message ``msg`` (nested messages in place, sequences of messages built)."""
+    """Set ``fields`` on the existing rclpy message ``msg`` (nested messages are built and assigned)."""
+    cls = type(msg)
     for name, value in fields.items():
-        if isinstance(value, dict):
-            fill_rclpy(getattr(msg, name), value)
-        elif isinstance(value, np.ndarray):
-            setattr(msg, name, _rclpy_value(value))
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            cls = _rclpy_element_class(msg, name)
-            setattr(msg, name, [fill_rclpy(cls(), item) for item in value])
-        else:
-            setattr(msg, name, value)
+        setattr(msg, name, _rclpy_value(cls, name, value))
     return msg
 
 

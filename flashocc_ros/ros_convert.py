@@ -56,7 +56,7 @@ def panoptic_to_msg(
     from flashocc_ros.msg import PanopticOccupancy
 
     fields = codec.panoptic_fields(semantic, panoptic, instances, header, source, mode, spec)
-    return codec.fill_rclpy(PanopticOccupancy(), fields)
+    return codec.build_rclpy(PanopticOccupancy, fields)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def pointcloud2_msg(points: np.ndarray, header: Any) -> Any:
     """sensor_msgs/PointCloud2 (unordered, height 1) from a OCCUPANCY_POINT_DTYPE structured array."""
     from sensor_msgs.msg import PointCloud2
 
-    return codec.fill_rclpy(PointCloud2(), codec.pointcloud_fields(points, header, OCCUPANCY_POINT_DTYPE))
+    return codec.build_rclpy(PointCloud2, codec.pointcloud_fields(points, header, OCCUPANCY_POINT_DTYPE))
 
 
 def pointcloud2_to_points(msg: Any) -> np.ndarray:
