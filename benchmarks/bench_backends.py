@@ -111,7 +111,8 @@ def main(argv=None) -> int:
 def bench_tensorrt(variants, args, img) -> list[dict]:  # pragma: no cover - needs a GPU
     import simplejpeg
 
-    from flashocc_ros.backends.tensorrt_runner import BuildOptions, TensorRTRunner, ensure_engine
+    from flashocc_ros.backends.tensorrt_build import BuildOptions, ensure_engine
+    from flashocc_ros.backends.tensorrt_runner import TensorRTRunner
     from flashocc_ros.config import load_config
     from flashocc_ros.pipeline import OccupancyPipeline
 

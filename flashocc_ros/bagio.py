@@ -36,10 +36,10 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.storage_sqlite3 import Sqlite3Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from flashocc_ros import occupancy_codec as codec
 from flashocc_ros import topics
 from flashocc_ros.atomic import atomic_write_text
-from flashocc_ros.config import CLASS_NAMES, FREE_INDEX, OCC_GRID, GridSpec, OutputConfig
-from flashocc_ros.grids import check_labels, check_mask
+from flashocc_ros.config import OCC_GRID, GridSpec, OutputConfig
 from flashocc_ros.stamps import ns_from_us, split_ns, stamp_to_ns  # noqa: F401 (re-exported for the tools)
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -248,47 +248,17 @@ class MessageFactory:
         grid: GridSpec = OCC_GRID,
     ):
         """flashocc_ros/SemanticOccupancy from a (200, 200, 16) uint8 [ix, iy, iz] grid (masks optional)."""
-        T = self.T
-        labels = np.ascontiguousarray(check_labels(labels, "labels", grid.shape))
-        masks = {}
-        for name, mask in (("mask_camera", mask_camera), ("mask_lidar", mask_lidar)):
-            if mask is None:
-                masks[name] = np.zeros(0, np.uint8)  # absent: empty field
-            else:
-                masks[name] = check_mask(mask, name, grid.shape).astype(np.uint8).ravel()
-        return T[SEMANTIC_OCCUPANCY](
-            header=self.header(stamp, frame_id),
-            origin=T["geometry_msgs/msg/Point"](x=float(grid.lower[0]), y=float(grid.lower[1]), z=float(grid.lower[2])),
-            voxel_size=T["geometry_msgs/msg/Vector3"](x=grid.voxel_size, y=grid.voxel_size, z=grid.voxel_size),
-            size_x=grid.shape[0],
-            size_y=grid.shape[1],
-            size_z=grid.shape[2],
-            class_names=list(CLASS_NAMES),
-            free_index=FREE_INDEX,
-            labels=labels.ravel(),
-            source=source,
-            **masks,
-        )
+        fields = codec.semantic_fields(
+            labels, self.header(stamp, frame_id), source, grid, mask_camera=mask_camera, mask_lidar=mask_lidar,
+            what="labels",
+        )  # fmt: skip
+        return codec.build_rosbags(self.store, SEMANTIC_OCCUPANCY, fields)
 
     def pointcloud(self, stamp: int, frame_id: str, points: np.ndarray):
         """sensor_msgs/PointCloud2 with float32 x, y, z, intensity and uint16 ring (nuScenes .pcd.bin rows)."""
-        T = self.T
         cloud = lidar_points_to_records(points)
-        fields = [
-            T["sensor_msgs/msg/PointField"](name=name, offset=off, datatype=dt, count=1)
-            for name, off, dt in (("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("intensity", 12, 7), ("ring", 16, 4))
-        ]
-        return T[POINT_CLOUD2](
-            header=self.header(stamp, frame_id),
-            height=1,
-            width=len(cloud),
-            fields=fields,
-            is_bigendian=False,
-            point_step=cloud.dtype.itemsize,
-            row_step=cloud.dtype.itemsize * len(cloud),
-            data=cloud.view(np.uint8).ravel(),
-            is_dense=True,
-        )
+        fields = codec.pointcloud_fields(cloud, self.header(stamp, frame_id), LIDAR_POINT_DTYPE)
+        return codec.build_rosbags(self.store, POINT_CLOUD2, fields)
 
 
 LIDAR_POINT_DTYPE = np.dtype(
@@ -313,9 +283,7 @@ def lidar_points_to_records(points: np.ndarray) -> np.ndarray:
 
 def pointcloud_to_records(msg: Any) -> np.ndarray:
     """PointCloud2 written by `MessageFactory.pointcloud` -> LIDAR_POINT_DTYPE records."""
-    if int(msg.point_step) != LIDAR_POINT_DTYPE.itemsize:
-        raise ValueError(f"PointCloud2.point_step is {msg.point_step}, expected {LIDAR_POINT_DTYPE.itemsize}")
-    return np.frombuffer(np.asarray(msg.data, np.uint8).tobytes(), LIDAR_POINT_DTYPE)
+    return codec.points_from_msg(msg, LIDAR_POINT_DTYPE, "PointCloud2 (lidar points)")
 
 
 # ----------------------------------------------------------------------------------------------------------------

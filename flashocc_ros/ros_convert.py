@@ -2,48 +2,39 @@
 
 The array work (voxel selection, point records, K checks, image views) is plain numpy and testable without ROS;
 message classes (sensor_msgs, visualization_msgs, flashocc_ros.msg) are imported lazily inside the functions
-that build messages. Bulk fields are assigned as bytes / array.array, never as numpy arrays (numpy assignment
-to uint8[]/uint16[] fields costs ~100x more, see ENVIRONMENT.md).
+that build messages. The occupancy messages' layout (and their decoders) is ``occupancy_codec``'s, shared with the
+bag writer; ``codec.fill_rclpy`` assigns bulk fields as bytes / array.array, never as numpy arrays (numpy
+assignment to uint8[]/uint16[] fields costs ~100x more, see ENVIRONMENT.md).
 """
 
 from __future__ import annotations
 
-import array
 import functools
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from flashocc_ros.config import CLASS_NAMES, FIRST_INSTANCE_ID, FREE_INDEX, OCC_GRID, GridSpec
+from flashocc_ros import occupancy_codec as codec
+from flashocc_ros.config import FIRST_INSTANCE_ID, FREE_INDEX, OCC_GRID, GridSpec
 from flashocc_ros.grids import check_labels, check_panoptic
+from flashocc_ros.occupancy_codec import (  # noqa: F401 (re-exported: the decoders and the input error)
+    BadInput,
+    OccupancyGrid,
+    occupancy_from_msg,
+    panoptic_from_msg,
+)
 from flashocc_ros.preprocess import jpeg_size as jpeg_hw
-from flashocc_ros.stamps import stamp_to_ns
 from flashocc_ros.tf_tree import check_intrinsics
 from flashocc_ros.viz.colors import CLASS_PALETTE, instance_colors
 
-
-class BadInput(ValueError):
-    """An input message cannot be used; the message says which field and value."""
-
-
 # --------------------------------------------------------------------------------------------------------------
-# Occupancy grids
+# Occupancy grids (the layout and the decoders live in occupancy_codec)
 # --------------------------------------------------------------------------------------------------------------
 
 
 def fill_semantic_msg(msg: Any, semantic: np.ndarray, header: Any, source: str, spec: GridSpec = OCC_GRID) -> Any:
     """Fill a flashocc_ros/SemanticOccupancy from a (200,200,16) uint8 [ix,iy,iz] grid."""
-    check_labels(semantic, "semantic grid", spec.shape)
-    msg.header = header
-    msg.origin.x, msg.origin.y, msg.origin.z = (float(v) for v in spec.lower)
-    msg.voxel_size.x = msg.voxel_size.y = msg.voxel_size.z = float(spec.voxel_size)
-    msg.size_x, msg.size_y, msg.size_z = (int(v) for v in spec.shape)
-    msg.class_names = list(CLASS_NAMES)
-    msg.free_index = FREE_INDEX
-    msg.labels = np.ascontiguousarray(semantic, dtype=np.uint8).tobytes()
-    msg.source = source
-    return msg
+    return codec.fill_rclpy(msg, codec.semantic_fields(semantic, header, source, spec))
 
 
 def semantic_to_msg(semantic: np.ndarray, header: Any, source: str, spec: GridSpec = OCC_GRID) -> Any:
@@ -62,84 +53,10 @@ def panoptic_to_msg(
     spec: GridSpec = OCC_GRID,
 ) -> Any:
     """flashocc_ros/PanopticOccupancy from the semantic grid, the int32 panoptic grid and an InstanceTable."""
-    from flashocc_ros.msg import OccupancyInstance, PanopticOccupancy
+    from flashocc_ros.msg import PanopticOccupancy
 
-    pano = check_panoptic(panoptic, "panoptic grid", spec.shape)  # shape, integer dtype, no negative id
-    msg = PanopticOccupancy()
-    fill_semantic_msg(msg.semantic, semantic, header, source, spec)
-    msg.mode = mode
-    if pano.size and int(pano.max()) > 0xFFFF:
-        raise ValueError(f"panoptic ids must lie in [0, 65535], got [{int(pano.min())}, {int(pano.max())}]")
-    buf = array.array("H")
-    buf.frombytes(np.ascontiguousarray(pano, dtype=np.uint16).tobytes())
-    msg.panoptic = buf
-    if instances is not None:
-        ids = np.asarray(instances.id).reshape(-1)
-        classes = np.asarray(instances.occ_class).reshape(-1)
-        centers = np.asarray(instances.center_xyz, dtype=np.float64).reshape(-1, 3)
-        scores = np.asarray(instances.score, dtype=np.float64).reshape(-1)
-        counts = np.asarray(instances.voxel_count).reshape(-1)
-        items = []
-        for k in range(ids.size):
-            item = OccupancyInstance()
-            item.id = int(ids[k])
-            item.class_index = int(classes[k])
-            item.center.x, item.center.y, item.center.z = (float(v) for v in centers[k])
-            item.score = float(scores[k])
-            item.voxel_count = int(counts[k])
-            items.append(item)
-        msg.instances = items
-    return msg
-
-
-@dataclass(frozen=True)
-class OccupancyGrid:
-    """A SemanticOccupancy message as numpy: labels and masks (200, 200, 16) uint8 [ix, iy, iz]."""
-
-    stamp_ns: int
-    frame_id: str
-    labels: np.ndarray
-    mask_camera: np.ndarray | None
-    mask_lidar: np.ndarray | None
-    source: str
-
-
-def _uint8_field(value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value.astype(np.uint8, copy=False)
-    return np.frombuffer(bytes(value), np.uint8)
-
-
-def occupancy_from_msg(msg: Any, grid: GridSpec = OCC_GRID) -> OccupancyGrid:
-    """SemanticOccupancy (or the `semantic` part of a PanopticOccupancy) -> OccupancyGrid; checks the layout."""
-    shape = (int(msg.size_x), int(msg.size_y), int(msg.size_z))
-    if shape != tuple(grid.shape):
-        raise BadInput(f"SemanticOccupancy size {shape} does not match the grid {grid.shape}")
-    origin = (msg.origin.x, msg.origin.y, msg.origin.z)
-    if not np.allclose(origin, grid.lower) or not np.isclose(msg.voxel_size.x, grid.voxel_size):
-        raise BadInput(f"SemanticOccupancy origin {origin} / voxel {msg.voxel_size.x} differ from {grid}")
-    n = shape[0] * shape[1] * shape[2]
-    labels = _uint8_field(msg.labels)
-    if labels.size != n:
-        raise BadInput(f"SemanticOccupancy.labels has {labels.size} entries, expected {n}")
-    masks = []
-    for name in ("mask_camera", "mask_lidar"):
-        mask = _uint8_field(getattr(msg, name))
-        if mask.size not in (0, n):
-            raise BadInput(f"SemanticOccupancy.{name} has {mask.size} entries, expected 0 or {n}")
-        masks.append(mask.reshape(shape) if mask.size else None)
-    header = msg.header
-    return OccupancyGrid(stamp_to_ns(header), str(header.frame_id), labels.reshape(shape), *masks, str(msg.source))
-
-
-def panoptic_from_msg(msg: Any, grid: GridSpec = OCC_GRID) -> tuple[OccupancyGrid, np.ndarray]:
-    """PanopticOccupancy -> (semantic OccupancyGrid, panoptic (200, 200, 16) int32)."""
-    sem = occupancy_from_msg(msg.semantic, grid)
-    pano = msg.panoptic
-    pano = pano.astype(np.uint16, copy=False) if isinstance(pano, np.ndarray) else np.asarray(pano, np.uint16)
-    if pano.size != sem.labels.size:
-        raise BadInput(f"PanopticOccupancy.panoptic has {pano.size} entries, expected {sem.labels.size}")
-    return sem, pano.reshape(sem.labels.shape).astype(np.int32)
+    fields = codec.panoptic_fields(semantic, panoptic, instances, header, source, mode, spec)
+    return codec.build_rclpy(PanopticOccupancy, fields)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -204,34 +121,14 @@ def occupied_points(semantic: np.ndarray, panoptic: np.ndarray | None = None, sp
 
 def pointcloud2_msg(points: np.ndarray, header: Any) -> Any:
     """sensor_msgs/PointCloud2 (unordered, height 1) from a OCCUPANCY_POINT_DTYPE structured array."""
-    from sensor_msgs.msg import PointCloud2, PointField
+    from sensor_msgs.msg import PointCloud2
 
-    kinds = {"<f4": PointField.FLOAT32, "<u4": PointField.FLOAT32, "<u2": PointField.UINT16}
-    msg = PointCloud2()
-    msg.header = header
-    msg.height = 1
-    msg.width = int(points.size)
-    dtype = OCCUPANCY_POINT_DTYPE
-    msg.fields = [
-        PointField(name=name, offset=int(dtype.fields[name][1]), datatype=kinds[dtype[name].str], count=1)
-        for name in dtype.names
-    ]
-    msg.is_bigendian = False
-    msg.point_step = OCCUPANCY_POINT_DTYPE.itemsize
-    msg.row_step = msg.point_step * msg.width
-    msg.is_dense = True
-    data = array.array("B")  # filled straight from the records' buffer: one copy (bytes would make two)
-    data.frombytes(np.ascontiguousarray(points, dtype=OCCUPANCY_POINT_DTYPE).view(np.uint8))
-    msg.data = data
-    return msg
+    return codec.build_rclpy(PointCloud2, codec.pointcloud_fields(points, header, OCCUPANCY_POINT_DTYPE))
 
 
 def pointcloud2_to_points(msg: Any) -> np.ndarray:
     """Inverse of `pointcloud2_msg` (for tests and tools)."""
-    dtype = OCCUPANCY_POINT_DTYPE
-    if msg.point_step != dtype.itemsize or [f.name for f in msg.fields] != list(dtype.names):
-        raise BadInput(f"PointCloud2 layout {[f.name for f in msg.fields]} is not the occupancy point layout")
-    return np.frombuffer(msg.data, dtype=OCCUPANCY_POINT_DTYPE).copy()
+    return codec.points_from_msg(msg, OCCUPANCY_POINT_DTYPE, "PointCloud2 (occupancy points)")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -321,3 +321,19 @@ def test_humble_bags_are_what_humbles_reader_parses(tmp_path, storage):
             meta["offered_qos_profiles"] = channel.metadata["offered_qos_profiles"]
             qos_info["topics_with_message_count"].append({"topic_metadata": meta})
             assert not [p for p in _humble_reader_problems(qos_info) if "QoS" in p]
+
+
+def test_point_fields_follow_the_sensor_msgs_datatypes():
+    """PointField datatypes (sensor_msgs: UINT16 = 4, FLOAT32 = 7) of both clouds, from their numpy layouts; the
+    packed colour is uint32 bits declared FLOAT32 (the PCL / RViz convention)."""
+    from flashocc_ros.occupancy_codec import BadInput, point_fields, points_from_msg
+    from flashocc_ros.ros_convert import OCCUPANCY_POINT_DTYPE
+
+    as_tuples = [(f["name"], f["offset"], f["datatype"], f["count"]) for f in point_fields(bagio.LIDAR_POINT_DTYPE)]
+    assert as_tuples == [("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("intensity", 12, 7, 1), ("ring", 16, 4, 1)]
+    occ = [(f["name"], f["offset"], f["datatype"]) for f in point_fields(OCCUPANCY_POINT_DTYPE)]
+    assert occ == [("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("rgb", 12, 7), ("label", 16, 4), ("instance", 18, 4)]
+    store = bagio.make_typestore()
+    lidar = bagio.MessageFactory(store).pointcloud(10, "LIDAR_TOP", np.zeros((3, 5), np.float32))
+    with pytest.raises(BadInput, match=r"PointCloud2: layout \['x', 'y', 'z', 'intensity', 'ring'\] with point_step"):
+        points_from_msg(lidar, OCCUPANCY_POINT_DTYPE)

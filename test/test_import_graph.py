@@ -91,8 +91,8 @@ def test_known_edges_are_seen():
     graph = import_graph()
     assert "flashocc_ros.rig" in graph["flashocc_ros.node"]
     assert "flashocc_ros.geometry" in graph["flashocc_ros.rig"]
-    # a function-local import (backends.create_runner -> loading) is an edge too
-    assert "flashocc_ros.loading" in graph["flashocc_ros.backends"]
+    # a function-local import (backends.loaders.LoadWeights -> loading) is an edge too
+    assert "flashocc_ros.loading" in graph["flashocc_ros.backends.loaders"]
 
 
 def test_package_import_graph_has_no_cycles():
@@ -104,11 +104,11 @@ def test_package_import_graph_has_no_cycles():
 LAYERS = {
     0: "flashocc_ros config topics stamps atomic grids viz.colors dataset tools",
     1: "tf_tree sync health ratelimit preprocess centers panoptic metrics metrics.miou metrics.ray dataset.devkit "
-    "dataset.synthetic ros_convert launch_support",
+    "dataset.synthetic ros_convert launch_support parity occupancy_codec",
     2: "geometry gpu_preprocess model model4d networks bagio evaluation viz viz.raster viz.render",
     3: "weights checkpoint loading backends backends.base backends.pooling backends.engine_cache backends.onnx_export "
-    "backends.onnx_export4d "
-    "backends.tensorrt_env backends.calibration backends.torch_runner backends.ort_runner backends.tensorrt_runner",
+    "backends.onnx_export4d backends.tensorrt_env backends.calibration backends.loaders backends.tensorrt_build "
+    "backends.torch_runner backends.ort_runner backends.tensorrt_runner",
     4: "pipeline temporal rig",
     5: "node parameters qos ros_tf",
     6: "dataset.nusc2bag viz.loaders viz.viewer",

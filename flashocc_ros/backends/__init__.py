@@ -7,14 +7,15 @@
                      PyTorch; on the CPU: ONNX Runtime, else PyTorch. ``model.device: auto`` (default) is ``cuda``
                      when PyTorch sees a GPU (for ONNX Runtime: and onnxruntime-gpu is installed).
 
-``create_runner(cfg)`` resolves the backend, loads the weights (``model.checkpoint`` or the deterministic
-untrained weights), exports/caches the ONNX file and builds/caches the engine as needed. No ROS imports.
+``create_runner(cfg)`` takes three steps: the choice of backend and device (``resolve_backend``,
+``resolve_device``), the artefact its runner loads (``artefact_loader``: a chain of ``loaders`` - weights, ONNX
+file, engine - each cached by its key under ``model.engine_cache_dir``), and the runner around it
+(``make_runner``). Runners only run (``torch_runner``, ``ort_runner``, ``tensorrt_runner``); engines are built by
+``tensorrt_build``; INT8 calibration is ``calibration``. No ROS imports.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +34,15 @@ from flashocc_ros.backends.base import (
     TensorSpec,
     output_specs,
 )
+from flashocc_ros.backends.loaders import (
+    CachedEngine,
+    EngineFile,
+    LoadWeights,
+    OnnxFile,
+    Weights,
+    engine_cache_root,
+    is_engine_file,
+)
 from flashocc_ros.config import ConfigError, FlashOccConfig, ModelConfig, get_variant
 
 __all__ = [
@@ -48,18 +58,17 @@ __all__ = [
     "BackendError",
     "Runner",
     "TensorSpec",
+    "artefact_loader",
     "available_backends",
     "create_runner",
     "ensure_onnx",
     "load_weights",
+    "make_runner",
     "onnxruntime_gpu_available",
     "output_specs",
     "resolve_backend",
     "resolve_device",
 ]
-
-DETERMINISTIC_SEED = 0
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def tensorrt_available() -> tuple[bool, str]:
@@ -146,28 +155,12 @@ def resolve_backend(model_cfg: ModelConfig) -> str:
     return wanted
 
 
+# -- compatibility wrappers of the loaders (tools and tests call these) --------------------------------------------
 def load_weights(model_cfg: ModelConfig) -> tuple[dict, str]:
     """(state_dict, weights id = SHA-256 prefix of the tensors): ``model.checkpoint`` if set, else the
     deterministic untrained weights (seed 0)."""
-    variant = get_variant(model_cfg.variant)
-    if model_cfg.checkpoint:
-        path = Path(os.path.expanduser(model_cfg.checkpoint))
-        if not path.is_file():
-            raise FileNotFoundError(f"model.checkpoint: file not found: {path}")
-    else:
-        path = None
-    from flashocc_ros.loading import load_state_dict
-
-    state_dict, name = load_state_dict(variant.name, path, DETERMINISTIC_SEED)
-    if get_variant(name).name != variant.name:
-        raise ConfigError(f"model.checkpoint: {path} holds variant {name!r}, model.variant is {variant.name!r}")
-    from flashocc_ros.backends.onnx_export import weights_digest
-
-    return state_dict, weights_digest(state_dict)[:16]
-
-
-def _cache_root(model_cfg: ModelConfig) -> Path:
-    return Path(os.path.expanduser(model_cfg.engine_cache_dir))
+    weights = LoadWeights(model_cfg)()
+    return weights.state_dict, weights.id
 
 
 def ensure_onnx(
@@ -177,25 +170,53 @@ def ensure_onnx(
     weights_id: str | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """The ONNX file to run: ``model.engine`` if it is an .onnx file, else an export cached under
-    ``<engine_cache_dir>/onnx/<variant>-<weights id>[-logits].onnx`` (exported once)."""
-    from flashocc_ros.backends.onnx_export import EXPORT_FORMAT, export_onnx
+    """The ONNX file to run (``loaders.OnnxFile``), exported from ``state_dict`` when given with its id."""
+    given = None if state_dict is None or weights_id is None else Weights(state_dict, weights_id)
+    return OnnxFile(model_cfg, (lambda: given) if given else None, with_logits, log)()
+
+
+# -- create_runner: choice, artefact, runner ---------------------------------------------------------------------
+def artefact_loader(
+    model_cfg: ModelConfig, backend: str, device: str, with_logits: bool = False, log: Callable[[str], None] = print
+) -> Callable[[], object]:
+    """The loader chain whose artefact ``backend``'s runner loads (nothing is loaded or built until it is called):
+    pytorch: the weights; onnxruntime: the ONNX file (exported from the weights); tensorrt: the engine, either
+    ``model.engine`` or one built from the ONNX file into the engine cache."""
+    weights = LoadWeights(model_cfg)
+    if backend == "pytorch":
+        return weights
+    onnx = OnnxFile(model_cfg, weights, with_logits, log)
+    if backend == "onnxruntime":
+        return onnx
+    if is_engine_file(model_cfg.engine):
+        return EngineFile(model_cfg.engine, model_cfg.precision, device)
+    if model_cfg.precision == "int8":
+        raise ConfigError(
+            "model.precision: int8 engines are built ahead of time with calibration data "
+            "(flashocc-export engine --precision int8 --calib-images DIR); set model.engine to the result"
+        )
+    from flashocc_ros.backends.tensorrt_build import BuildOptions
 
     variant = get_variant(model_cfg.variant)
-    if model_cfg.engine and model_cfg.engine.endswith(".onnx"):
-        path = Path(os.path.expanduser(model_cfg.engine))
-        if not path.is_file():
-            raise FileNotFoundError(f"model.engine: ONNX file not found: {path}")
-        return path
-    if state_dict is None or weights_id is None:
-        state_dict, weights_id = load_weights(model_cfg)
-    fmt = hashlib.sha256(EXPORT_FORMAT.encode()).hexdigest()[:6]
-    name = f"{variant.name}-{weights_id}-{fmt}{'-logits' if with_logits else ''}.onnx"
-    path = _cache_root(model_cfg) / "onnx" / name
-    if not path.is_file():
-        log(f"exporting {variant.name} to {path} (once; about a minute on CPU)")
-        export_onnx(variant, state_dict, path, with_logits=with_logits)
-    return path
+    options = BuildOptions(precision=model_cfg.precision)
+    return CachedEngine(onnx, variant, options, engine_cache_root(model_cfg), device, log=log)
+
+
+def make_runner(backend: str, model_cfg: ModelConfig, artefact, device: str, with_logits: bool = False) -> Runner:
+    """``backend``'s runner around the artefact of ``artefact_loader`` (weights, ONNX file or engine)."""
+    variant = get_variant(model_cfg.variant)
+    if backend == "pytorch":
+        from flashocc_ros.backends.torch_runner import TorchRunner
+
+        return TorchRunner(variant, artefact.state_dict, device, with_logits, model_cfg.precision)
+    if backend == "onnxruntime":
+        from flashocc_ros.backends.ort_runner import OnnxRuntimeRunner
+
+        trt_cache = str(engine_cache_root(model_cfg) / "ort-trt")
+        return OnnxRuntimeRunner(variant, artefact, device, with_logits, model_cfg.precision, trt_cache_dir=trt_cache)
+    from flashocc_ros.backends.tensorrt_runner import TensorRTRunner
+
+    return TensorRTRunner(variant, artefact.path, device, with_logits, expected_key=artefact.key)
 
 
 def create_runner(
@@ -203,56 +224,19 @@ def create_runner(
     with_logits: bool = False,
     log: Callable[[str], None] = print,
 ) -> Runner:
-    """Runner for the configured variant/backend/device/precision (see the module docstring)."""
+    """Runner for the configured variant/backend/device/precision, in three steps:
+
+    1. choice: the backend and device (``resolve_backend``, ``resolve_device``); TensorRT must be usable here;
+    2. artefact: the loader chain of that backend builds or finds what it loads (``artefact_loader``);
+    3. runner: the backend's runner around that artefact (``make_runner``).
+    """
     model_cfg = cfg.model if isinstance(cfg, FlashOccConfig) else cfg
     model_cfg.validate()
-    variant = get_variant(model_cfg.variant)
     backend = resolve_backend(model_cfg)
     device = resolve_device(model_cfg, backend)
-    if backend == "pytorch":
-        from flashocc_ros.backends.torch_runner import TorchRunner
+    if backend == "tensorrt":
+        from flashocc_ros.backends.tensorrt_build import machine_identity
 
-        state_dict, _ = load_weights(model_cfg)
-        return TorchRunner(variant, state_dict, device, with_logits, model_cfg.precision)
-    if backend == "onnxruntime":
-        from flashocc_ros.backends.ort_runner import OnnxRuntimeRunner
-
-        onnx_path = ensure_onnx(model_cfg, with_logits, log=log)
-        return OnnxRuntimeRunner(
-            variant,
-            onnx_path,
-            device,
-            with_logits,
-            model_cfg.precision,
-            trt_cache_dir=str(_cache_root(model_cfg) / "ort-trt"),
-        )
-    from flashocc_ros.backends.tensorrt_runner import BuildOptions, TensorRTRunner, ensure_engine, machine_identity
-
-    ident = machine_identity(device)  # fails fast (no tensorrt / no GPU) before any export or build
-    engine = model_cfg.engine
-    if engine and engine.endswith(ENGINE_SUFFIXES):
-        # An explicit engine: refuse it unless its metadata matches this machine and precision.
-        from flashocc_ros.backends.engine_cache import read_engine_key
-
-        path = Path(os.path.expanduser(engine))
-        have = read_engine_key(path)
-        wanted = type(have)(
-            tensorrt_version=ident.tensorrt_version,
-            gpu_name=ident.gpu_name,
-            compute_capability=ident.compute_capability,
-            precision=model_cfg.precision,
-            onnx_sha256=have.onnx_sha256,  # the ONNX it was built from is not needed at run time
-            calibration_sha256=have.calibration_sha256 if model_cfg.precision == "int8" else "",
-            build_options=have.build_options,
-        )
-        return TensorRTRunner(variant, path, device, with_logits, expected_key=wanted)
-    if model_cfg.precision == "int8":
-        raise ConfigError(
-            "model.precision: int8 engines are built ahead of time with calibration data "
-            "(flashocc-export engine --precision int8 --calib-images DIR); set model.engine to the result"
-        )
-    onnx_path = ensure_onnx(model_cfg, with_logits, log=log)
-    path, key = ensure_engine(
-        onnx_path, variant, BuildOptions(precision=model_cfg.precision), _cache_root(model_cfg), device, log=log
-    )
-    return TensorRTRunner(variant, path, device, with_logits, expected_key=key)
+        machine_identity(device)  # fails fast (no tensorrt / no GPU) before any export or build
+    artefact = artefact_loader(model_cfg, backend, device, with_logits, log)()
+    return make_runner(backend, model_cfg, artefact, device, with_logits)

@@ -1,4 +1,5 @@
-"""The runner interface shared by the PyTorch, ONNX Runtime and TensorRT backends.
+"""The runner interface shared by the PyTorch, ONNX Runtime and TensorRT backends, and the graph interface (tensor
+names, shapes, ``EXPORT_FORMAT``) that the exported ONNX file and the engines built from it follow.
 
 A runner owns preallocated buffers: one image input ``(6, 3, 256, 704) float32`` that callers fill in place, and
 one array per output that every ``infer()`` overwrites. Rig-dependent inputs (pooling tables, BEVDepth
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flashocc_ros.backends.pooling import POOL_INPUTS
 from flashocc_ros.config import IMAGE_AUG, NUM_CLASSES, OCC_GRID, ModelVariant
 from flashocc_ros.geometry import NUM_CAMERAS, PoolIndices
 
@@ -29,6 +31,7 @@ CENTER_OUTPUTS = (CENTER_HEATMAP, CENTER_REG, CENTER_HEIGHT)
 
 IMAGE_SHAPE = (NUM_CAMERAS, 3, *IMAGE_AUG.input_hw)
 NUM_HEAD_CLASSES = 10
+EXPORT_FORMAT = "flashocc_ros/onnx-v1"  # the graph interface below; bump when graph inputs/outputs change
 
 
 class BackendError(RuntimeError):
@@ -52,6 +55,18 @@ def output_specs(variant: ModelVariant, with_logits: bool = False) -> list[Tenso
         for name, ch in zip(CENTER_OUTPUTS, (NUM_HEAD_CLASSES, 2, 1)):
             specs.append(TensorSpec(name, (1, ch, gy, gx), np.dtype(np.float32)))
     return specs
+
+
+def input_names(variant: ModelVariant) -> list[str]:
+    """Graph inputs of ``variant`` (ONNX file, TensorRT engine): image, pooling tables, BEVDepth ``mlp_input``."""
+    names = [IMAGE_INPUT, *POOL_INPUTS]
+    if variant.depth_net == "bevdepth":
+        names.append(MLP_INPUT)
+    return names
+
+
+def output_names(variant: ModelVariant, with_logits: bool = False) -> list[str]:
+    return [s.name for s in output_specs(variant, with_logits)]
 
 
 class Runner(ABC):

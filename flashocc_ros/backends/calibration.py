@@ -1,4 +1,5 @@
-"""INT8 calibration data for TensorRT: six-camera image sets from a directory or from a ROS 2 bag.
+"""INT8 calibration for TensorRT: six-camera image sets from a directory or a ROS 2 bag, the network inputs made
+from them (``calibration_feeds``) and the entropy calibrator that feeds any such batches to TensorRT.
 
 Directory layouts: (a) one sub-directory per camera named as in ``CAMERA_NAMES`` (e.g. nuScenes ``samples/``),
 files paired by sorted order; (b) a flat directory whose sorted images are taken six at a time in camera order.
@@ -7,13 +8,14 @@ Bags: ``sensor_msgs/CompressedImage`` on the camera image topics (``topics.COMPR
 is emitted each time all six cameras have a new image. Images go through the exact test-time preprocessing.
 
 ``sha256()`` hashes the encoded bytes of exactly the images used (and their grouping), so it identifies the
-calibration in the engine-cache key.
+calibration in the engine-cache key. ``EntropyCalibrator`` takes generic feeds (an iterable of dicts, graph input
+name -> array) and knows nothing of the runners, the pipeline or where the batches came from.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,16 +159,63 @@ def make_source(
     return BagSource(max_sets=max_sets, path=Path(bag), **kw)
 
 
-def EntropyCalibrator(
-    source: CalibrationSource, variant: ModelVariant, cache_path: str | Path, device: str = "cuda", rig=None
-):
-    """A ``tensorrt.IInt8EntropyCalibrator2`` feeding ``source`` with the rig's pooling tables (default: nuScenes)."""
-    import torch
+Feed = Mapping[str, np.ndarray]  # one calibration batch: graph input name -> array
 
-    from flashocc_ros.atomic import atomic_write_bytes
+
+def calibration_feeds(source: CalibrationSource, variant: ModelVariant, rig=None) -> Iterator[dict[str, np.ndarray]]:
+    """The network inputs of every set of ``source``: the preprocessed images plus the rig-dependent inputs
+    (pooling tables, BEVDepth ``mlp_input``) of ``rig`` (default: the nuScenes reference rig), computed once."""
     from flashocc_ros.backends.pooling import pool_tables_from_indices
-    from flashocc_ros.backends.tensorrt_env import cuda_device, import_tensorrt
     from flashocc_ros.geometry import prepare_geometry, reference_rig
+
+    geo = prepare_geometry(variant, rig if rig is not None else reference_rig())
+    static = pool_tables_from_indices(geo.pool, variant.depth_bins).as_inputs()
+    if geo.mlp_input is not None:
+        static[MLP_INPUT] = geo.mlp_input.numpy().astype(np.float32)
+    for batch in source.batches():
+        yield {IMAGE_INPUT: batch, **static}
+
+
+class DeviceFeeds:
+    """Copies each feed of ``feeds`` into device tensors (allocated on first use, reused while the shape and dtype
+    stay the same) and hands out their addresses in the order the calibrator asks for them."""
+
+    def __init__(self, feeds: Iterable[Feed], device) -> None:
+        import torch
+
+        self._feeds = iter(feeds)
+        self.device = torch.device(device)
+        self.buffers: dict = {}
+        self.count = 0
+
+    def next_pointers(self, names: Sequence[str]) -> list[int] | None:
+        """Device addresses of the next feed's ``names``; None when the feeds are exhausted."""
+        import torch
+
+        try:
+            feed = next(self._feeds)
+        except StopIteration:
+            return None
+        missing = [n for n in names if n not in feed]
+        if missing:
+            raise CalibrationError(f"calibration feed {self.count} lacks inputs {missing} (has {sorted(feed)})")
+        for name in names:
+            host = torch.from_numpy(np.ascontiguousarray(feed[name]))
+            buf = self.buffers.get(name)
+            if buf is None or buf.shape != host.shape or buf.dtype != host.dtype:
+                buf = self.buffers[name] = torch.empty(host.shape, dtype=host.dtype, device=self.device)
+            buf.copy_(host)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.count += 1
+        return [int(self.buffers[n].data_ptr()) for n in names]
+
+
+def EntropyCalibrator(feeds: Iterable[Feed], cache_path: str | Path, device: str = "cuda"):
+    """A ``tensorrt.IInt8EntropyCalibrator2`` over ``feeds`` (batches of graph input name -> array, e.g.
+    ``calibration_feeds``); its calibration cache is kept at ``cache_path``."""
+    from flashocc_ros.atomic import atomic_write_bytes
+    from flashocc_ros.backends.tensorrt_env import cuda_device, import_tensorrt
 
     trt = import_tensorrt()
     dev = cuda_device(device)
@@ -175,27 +224,13 @@ def EntropyCalibrator(
     class _EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
-            geo = prepare_geometry(variant, rig if rig is not None else reference_rig())
-            static = pool_tables_from_indices(geo.pool, variant.depth_bins).as_inputs()
-            if geo.mlp_input is not None:
-                static[MLP_INPUT] = geo.mlp_input.numpy().astype(np.float32)
-            self._dev = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in static.items()}
-            self._dev[IMAGE_INPUT] = torch.empty(IMAGE_SHAPE, dtype=torch.float32, device=dev)
-            self._batches = source.batches()
-            self.count = 0
+            self.feeds = DeviceFeeds(feeds, dev)
 
         def get_batch_size(self) -> int:
             return 1
 
         def get_batch(self, names):
-            try:
-                batch = next(self._batches)
-            except StopIteration:
-                return None
-            self._dev[IMAGE_INPUT].copy_(torch.from_numpy(batch))
-            torch.cuda.synchronize(dev)
-            self.count += 1
-            return [int(self._dev[n].data_ptr()) for n in names]
+            return self.feeds.next_pointers(names)
 
         def read_calibration_cache(self):
             return cache_path.read_bytes() if cache_path.is_file() else None

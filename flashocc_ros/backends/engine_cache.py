@@ -4,7 +4,7 @@ Every engine file ``<name>.engine`` has a sidecar ``<name>.engine.json`` holding
 version, GPU name, compute capability, precision, SHA-256 of the ONNX file, SHA-256 of the INT8 calibration data
 and the build options. A cache lookup compares the whole key; an explicitly named engine whose key differs from
 this machine is refused with the list of differences (``EngineMismatchError``), a cached one is rebuilt.
-Nothing here imports tensorrt: the identity of the current machine is passed in (see tensorrt_runner).
+Nothing here imports tensorrt: the identity of the current machine is passed in (see tensorrt_build).
 """
 
 from __future__ import annotations

@@ -26,23 +26,11 @@ import torch
 from torch import nn
 
 from flashocc_ros.atomic import atomic_write_bytes
-from flashocc_ros.backends.base import (
-    CENTER_HEATMAP,
-    CENTER_HEIGHT,
-    CENTER_REG,
-    IMAGE_INPUT,
-    IMAGE_SHAPE,
-    MLP_INPUT,
-    OCC_LABELS,
-    OCC_LOGITS,
-    BackendError,
-    output_specs,
-)
+from flashocc_ros.backends.base import EXPORT_FORMAT, IMAGE_SHAPE, BackendError, input_names, output_names
 from flashocc_ros.backends.pooling import POOL_INPUTS, SLOT_WIDTH, gather_pool, pool_tables_from_indices
 from flashocc_ros.config import ModelVariant, get_variant
 
 OPSET = 17
-EXPORT_FORMAT = "flashocc_ros/onnx-v1"  # bump when graph inputs/outputs change
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
 
@@ -70,17 +58,6 @@ class ExportGraph(nn.Module):
             maps = m.aux_centerness_head(bev_enc)
             outs += [maps["heatmap"], maps["reg"], maps["height"]]
         return tuple(outs)
-
-
-def input_names(variant: ModelVariant) -> list[str]:
-    names = [IMAGE_INPUT, *POOL_INPUTS]
-    if variant.depth_net == "bevdepth":
-        names.append(MLP_INPUT)
-    return names
-
-
-def output_names(variant: ModelVariant, with_logits: bool = False) -> list[str]:
-    return [s.name for s in output_specs(variant, with_logits)]
 
 
 @dataclass(frozen=True)
@@ -120,6 +97,28 @@ def example_inputs(variant: ModelVariant, seed: int = 0) -> tuple[torch.Tensor, 
     return tuple(args)
 
 
+def trace_to_proto(module, args, input_names, output_names, dynamic_axes, opset: int = OPSET):
+    """Trace ``module`` on ``args`` into an in-memory ONNX ModelProto (graphs here are < 2 GB: exported, annotated
+    and checked in memory, then written once)."""
+    import onnx
+
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # legacy-exporter deprecation notice and tracer warnings
+        torch.onnx.export(
+            module,
+            args,
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
 def export_onnx(
     variant: ModelVariant | str,
     state_dict: Mapping[str, torch.Tensor],
@@ -150,24 +149,7 @@ def export_onnx(
         POOL_INPUTS[1]: {0: "rows"},
         POOL_INPUTS[2]: {0: "cells", 1: "rows_per_cell"},
     }
-    buffer = io.BytesIO()  # the graph is < 2 GB: export, annotate and check in memory, write once
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # legacy-exporter deprecation notice and tracer warnings
-        torch.onnx.export(
-            graph,
-            args,
-            buffer,
-            dynamo=False,
-            opset_version=opset,
-            input_names=ins,
-            output_names=outs,
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
-    import onnx
-
-    proto = onnx.load_from_string(buffer.getvalue())
-    del buffer
+    proto = trace_to_proto(graph, args, ins, outs, dynamic_axes, opset)
     meta = {
         "flashocc_format": EXPORT_FORMAT,
         "flashocc_variant": v.name,
@@ -254,13 +236,8 @@ def check_interface(proto, path, variant: ModelVariant, with_logits: bool | None
         )
 
 
-# Name each output so tests/tools can refer to them without importing base.
 __all__ = [
-    "CENTER_HEATMAP",
-    "CENTER_HEIGHT",
-    "CENTER_REG",
-    "OCC_LABELS",
-    "OCC_LOGITS",
+    "EXPORT_FORMAT",
     "ExportGraph",
     "ExportReport",
     "export_onnx",

@@ -33,10 +33,8 @@ F, slot mapping); each ONNX file also carries its role in its metadata. All writ
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +46,13 @@ from torch import nn
 
 from flashocc_ros.atomic import atomic_write_bytes, atomic_write_text
 from flashocc_ros.backends.base import IMAGE_INPUT, IMAGE_SHAPE, MLP_INPUT, BackendError
-from flashocc_ros.backends.onnx_export import OPSET, output_names, validate_standard_proto, weights_digest
+from flashocc_ros.backends.onnx_export import (
+    OPSET,
+    output_names,
+    trace_to_proto,
+    validate_standard_proto,
+    weights_digest,
+)
 from flashocc_ros.backends.pooling import (
     MAX_ROWS_PER_CELL,
     NUM_BEV_CELLS,
@@ -401,26 +405,6 @@ def _example_inputs(model, variant: ModelVariant) -> tuple[tuple, tuple]:
     return (img,), tuple(torch.from_numpy(a) for a in feeds.values())
 
 
-def _to_proto(module, args, ins, outs, dynamic_axes, opset):
-    import onnx
-
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # legacy-exporter deprecation notice and tracer warnings
-        torch.onnx.export(
-            module,
-            args,
-            buffer,
-            dynamo=False,
-            opset_version=opset,
-            input_names=ins,
-            output_names=outs,
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
-    return onnx.load_from_string(buffer.getvalue())
-
-
 def export_temporal_onnx(
     variant: ModelVariant | str,
     state_dict: Mapping[str, torch.Tensor],
@@ -468,7 +452,7 @@ def export_temporal_onnx(
     op_types: dict[str, tuple[str, ...]] = {}
     graphs: dict[str, dict] = {}
     for role, (module, args, ins, outs, dyn) in interfaces.items():
-        proto = _to_proto(module, args, ins, outs, dyn, opset)
+        proto = trace_to_proto(module, args, ins, outs, dyn, opset)
         meta = {
             "flashocc_format": EXPORT_FORMAT_4D,
             "flashocc_variant": v.name,

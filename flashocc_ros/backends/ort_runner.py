@@ -11,7 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from flashocc_ros.backends.base import IMAGE_INPUT, IMAGE_SHAPE, MLP_INPUT, BackendError, Runner
+from flashocc_ros.backends.base import (
+    EXPORT_FORMAT,
+    IMAGE_INPUT,
+    IMAGE_SHAPE,
+    MLP_INPUT,
+    BackendError,
+    Runner,
+    input_names,
+)
 from flashocc_ros.backends.pooling import pool_tables_from_indices
 from flashocc_ros.config import ModelVariant
 from flashocc_ros.geometry import PoolIndices
@@ -94,8 +102,6 @@ class OnnxRuntimeRunner(Runner):
         self._static: dict[str, object] = {}
 
     def _check_model(self, onnx_path: Path) -> None:
-        from flashocc_ros.backends.onnx_export import EXPORT_FORMAT, input_names
-
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("flashocc_format") != EXPORT_FORMAT:
             raise BackendError(

@@ -88,7 +88,7 @@ def _calibration(args):
 
 def cmd_engine(args) -> int:
     from flashocc_ros.backends import ensure_onnx
-    from flashocc_ros.backends.tensorrt_runner import BuildOptions, build_engine_file, ensure_engine, machine_identity
+    from flashocc_ros.backends.tensorrt_build import BuildOptions, build_engine_file, ensure_engine, machine_identity
 
     cfg = _model_cfg(args)
     variant = get_variant(cfg.variant)
@@ -115,7 +115,8 @@ def cmd_engine(args) -> int:
 
 def cmd_build_only(args) -> int:
     from flashocc_ros.backends import ensure_onnx, resolve_backend, resolve_device
-    from flashocc_ros.backends.tensorrt_runner import BuildOptions, ensure_engine
+    from flashocc_ros.backends.loaders import is_engine_file
+    from flashocc_ros.backends.tensorrt_build import BuildOptions, ensure_engine
 
     overrides = {}
     for item in args.set or []:
@@ -133,7 +134,7 @@ def cmd_build_only(args) -> int:
     if backend == "pytorch":
         print("backend pytorch: nothing to build")
         return 0
-    if backend == "tensorrt" and cfg.model.engine.endswith((".engine", ".plan", ".trt")):
+    if backend == "tensorrt" and is_engine_file(cfg.model.engine):
         print(f"model.engine is an explicit engine ({cfg.model.engine}); nothing to build")
         return 0
     onnx_path = ensure_onnx(cfg.model)

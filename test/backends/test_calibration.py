@@ -95,3 +95,54 @@ def test_a_bag_from_the_converter_feeds_the_calibrator(synthetic_nuscenes, tmp_p
     assert len(sets) == bagio.topic_counts(result.path)[bagio.SAMPLE_TOPIC][1] >= 2
     jpeg_files = {p.read_bytes() for p in Path(ds.dataroot, "samples").rglob("*.jpg")}
     assert all(len(s) == len(CAMERA_NAMES) and all(img in jpeg_files for img in s) for s in sets)
+
+
+def test_device_feeds_copy_any_named_batches_and_hand_out_addresses_in_the_asked_order():
+    """The calibrator's feed side on the CPU: generic dicts in, device buffers reused, addresses in `names` order."""
+    import torch
+
+    from flashocc_ros.backends.calibration import DeviceFeeds
+
+    rng = np.random.default_rng(0)
+    feeds = [{"a": rng.random((2, 3), dtype=np.float32), "b": np.arange(4, dtype=np.int32) + k} for k in range(2)]
+    dev = DeviceFeeds(iter(feeds), "cpu")
+    first = dev.next_pointers(["b", "a"])
+    a_buf = dev.buffers["a"]
+    assert first == [dev.buffers["b"].data_ptr(), a_buf.data_ptr()]
+    np.testing.assert_array_equal(dev.buffers["a"].numpy(), feeds[0]["a"])
+    assert dev.next_pointers(["b", "a"]) == first and dev.buffers["a"] is a_buf  # same shapes: buffers reused
+    np.testing.assert_array_equal(dev.buffers["b"].numpy(), feeds[1]["b"])
+    assert dev.buffers["b"].dtype == torch.int32 and dev.count == 2
+    assert dev.next_pointers(["a", "b"]) is None  # exhausted: TensorRT's end of calibration
+    with pytest.raises(CalibrationError, match=r"calibration feed 0 lacks inputs \['img'\]"):
+        DeviceFeeds([{"a": np.zeros(1)}], "cpu").next_pointers(["a", "img"])
+
+
+@pytest.mark.parametrize("short", ["M0", "PT"])
+def test_calibration_feeds_hold_every_graph_input(short, tmp_path):
+    from flashocc_ros.backends.base import IMAGE_INPUT, input_names
+    from flashocc_ros.backends.calibration import calibration_feeds
+    from flashocc_ros.config import get_variant
+
+    for k in range(6):
+        (tmp_path / f"img{k}.jpg").write_bytes(jpeg(k))
+    source = ImageDirectorySource(root=tmp_path)
+    variant = get_variant(short)
+    (feed,) = list(calibration_feeds(source, variant))
+    assert sorted(feed) == sorted(input_names(variant))
+    np.testing.assert_array_equal(feed[IMAGE_INPUT], next(source.batches()))
+
+
+def test_the_calibrator_imports_no_runner_and_no_pipeline():
+    from test.test_import_graph import import_graph
+
+    deps = import_graph()["flashocc_ros.backends.calibration"]
+    runners = {f"flashocc_ros.backends.{m}" for m in ("torch_runner", "ort_runner", "tensorrt_runner")}
+    assert not deps & (runners | {"flashocc_ros.pipeline", "flashocc_ros.backends", "flashocc_ros.temporal"})
+    for runner in runners:  # and runners only run: they neither export, build nor calibrate
+        assert not import_graph()[runner] & {
+            "flashocc_ros.backends.onnx_export",
+            "flashocc_ros.backends.tensorrt_build",
+            "flashocc_ros.backends.calibration",
+            "flashocc_ros.backends.loaders",
+        }

@@ -13,6 +13,7 @@ from flashocc_ros.backends.onnx_export import input_names, output_names, read_me
 from flashocc_ros.backends.ort_runner import OnnxRuntimeRunner
 from flashocc_ros.config import get_variant
 from test.backends.exports import exported_onnx, golden_images, reference_geometry, torch_reference
+from test.reference.near_ties import top2_margin
 
 VARIANTS = ["M0", "M1", "PT", "PF"]
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "golden"
@@ -22,11 +23,6 @@ ALLOWED_OPS = {
     "Expand", "Gather", "Gemm", "GlobalAveragePool", "MatMul", "MaxPool", "Mul", "ReduceSum", "Relu", "Reshape",
     "Resize", "Shape", "Sigmoid", "Slice", "Softmax", "Softplus", "Transpose", "Unsqueeze", "Where",
 }  # fmt: skip
-
-
-def top2_margin(logits: np.ndarray) -> np.ndarray:
-    part = np.partition(logits, -2, axis=-1)
-    return part[..., -1] - part[..., -2]
 
 
 @pytest.fixture(scope="module", params=VARIANTS)

@@ -10,13 +10,8 @@ import torch
 
 from flashocc_ros.backends import BackendError, available_backends, create_runner, resolve_backend
 from flashocc_ros.backends.pooling import MAX_ROWS_PER_CELL, NUM_BEV_CELLS, POOL_INPUTS, depth_size
-from flashocc_ros.backends.tensorrt_runner import (
-    BuildOptions,
-    build_engine_file,
-    cuda_device,
-    ensure_engine,
-    import_tensorrt,
-)
+from flashocc_ros.backends.tensorrt_build import BuildOptions, build_engine_file, ensure_engine
+from flashocc_ros.backends.tensorrt_env import cuda_device, import_tensorrt
 from flashocc_ros.config import ConfigError, ModelConfig, get_variant, load_config
 from test.reference.near_ties import top2_margin
 

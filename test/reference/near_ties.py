@@ -6,6 +6,8 @@ logits move. Only decisions that are numeric ties may change with them:
 * **labels**: argmax over 18 logits. A voxel may differ only where the top-2 logit gap is below
   ``LABEL_MARGIN`` (1e-3, the golden data's ``occ_margin_lt_1e-3``) widened by the logit deviation the backend is
   allowed (both logits may move by that much), and never more voxels than the official count of such near-ties.
+  This rule is written once in ``flashocc_ros.parity`` (the device check ``tools/gpu_check.py`` applies it too);
+  ``check_labels`` asserts it.
 * **centres**: sigmoid -> 3x3 max-pool peak test -> per-class / overall top-500 -> ``score > 0.3``. A centre may
   be in one answer only if one of these comparisons was a near-tie for it: its score within ``SCORE_EPS`` of the
   threshold, of a 3x3 neighbour's score (the peak test can go either way; with untrained weights many heat-map
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LABEL_MARGIN = 1e-3
+from flashocc_ros.parity import LABEL_MARGIN, label_parity, top2_margin  # noqa: F401 (the tests import them here)
+
 SCORE_EPS = 1e-5
 SCORE_THRESHOLD = 0.3
 MAX_CENTERS = 500
@@ -35,30 +38,18 @@ OFFICIAL_HEAD_TO_OCC = (4, 10, 9, 3, 5, 2, 6, 7, 8, 1)
 OFFICIAL_OCC_TO_HEAD = (-1, -1, 5, 3, 0, 4, 6, 7, -1, 2, 1)
 
 
-def top2_margin(logits: np.ndarray) -> np.ndarray:
-    part = np.partition(logits, -2, axis=-1)
-    return part[..., -1] - part[..., -2]
-
-
 # -- labels -------------------------------------------------------------------------------------------------------
 def check_labels(ours: np.ndarray, official: np.ndarray, our_logits: np.ndarray, official_near_ties: int,
                  logit_tolerance: float) -> np.ndarray:  # fmt: skip
     """Assert the label rule; returns the mask of voxels that differ. ``logit_tolerance``: the absolute logit
     deviation from the official answer this backend is held to (e.g. 1e-4 x std for PyTorch)."""
-    differ = ours != official
-    flips = int(differ.sum())
-    assert flips <= official_near_ties, f"{flips} labels differ from the official ({official_near_ties} near-ties)"
-    if flips:
-        margin = top2_margin(our_logits[differ])
-        bound = LABEL_MARGIN + 2.0 * logit_tolerance
-        assert np.all(margin < bound), (
-            f"{int((margin >= bound).sum())} of {flips} differing labels are not near-ties (top-2 gap >= {bound:.2e})"
-        )
-        # the official label must be one of our near-best classes (its logit within the bound of our maximum)
-        rows = our_logits[differ]
-        official_logit = np.take_along_axis(rows, official[differ].astype(np.int64)[:, None], 1)[:, 0]
-        assert np.all(rows.max(-1) - official_logit < bound), "a differing label is not among our near-best classes"
-    return differ
+    r = label_parity(ours, official, our_logits, official_near_ties, logit_tolerance)
+    assert r.flips <= r.allowed, f"{r.flips} labels differ from the official ({r.allowed} near-ties)"
+    assert r.not_near_ties == 0, (
+        f"{r.not_near_ties} of {r.flips} differing labels are not near-ties (top-2 gap >= {r.bound:.2e})"
+    )
+    assert r.not_near_best == 0, "a differing label is not among our near-best classes"
+    return r.differ
 
 
 # -- centres ------------------------------------------------------------------------------------------------------
