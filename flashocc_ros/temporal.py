@@ -12,6 +12,10 @@ history slot k (k = 1 .. F-1) is the stored frame nearest to ``t - k * 0.5 s``, 
 A missing slot follows the official first-frame rule (SPEC4D 2: an adjacent frame outside the scene is replaced by
 the CURRENT frame). A time stamp not after the previous one, or a gap longer than ``0.5 s + tolerance_s`` since the
 previous frame, clears the history with one warning (a bag loop, a pause, a jump).
+
+The node gets its pipeline from ``create_pipeline`` and calls ``run`` (raw images) or ``run_jpeg`` (compressed; the
+decode + preprocessing functions of pipeline.py, shared with OccupancyPipeline) per camera set with the set's
+calibration and stamp; ``status()`` feeds /diagnostics (docs/node.md "Temporal variants").
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 
 from flashocc_ros.backends.base import CENTER_OUTPUTS
-from flashocc_ros.config import IMAGE_AUG, FlashOccConfig, ModelVariant
+from flashocc_ros.config import IMAGE_AUG, FlashOccConfig, ModelVariant, TemporalConfig
 from flashocc_ros.geometry import NUM_CAMERAS, RigCalibration, make_mlp_input, sensor_to_key_ego
 from flashocc_ros.model4d import frame_geometry, split_inputs, temporal_geometry
 from flashocc_ros.pipeline import (
@@ -38,8 +42,8 @@ from flashocc_ros.pipeline import (
     jpegs_into,
 )
 
-DEFAULT_TOLERANCE_S = 0.1
-DEFAULT_MAX_ENTRIES = 64
+DEFAULT_TOLERANCE_S = TemporalConfig().history_tolerance_s  # the config's defaults (one source of truth)
+DEFAULT_MAX_ENTRIES = TemporalConfig().history_max_frames
 
 
 @dataclass
