@@ -11,6 +11,8 @@ outputs and the fused frames are known:
 2. after those outputs, the set at t0 + 0.5 s: its output must be the official answer for the keyframe-spaced
    frames [t0 + 0.5 s, t0] (``TemporalPipeline.run_frames``, every frame encoded from its images, parity-tested
    against the official golden4d answers in test_model4d.py), i.e. the in-between sets did not take the slot;
+0. first a set stamped before t0 without ego poses on /tf: it must be skipped with one warning naming the
+   temporal variants' need for the tf.world_frame -> ego TF (never processed with one shared ego pose);
 3. a bag loop: the set at t0 again. The history is reset with exactly one warning and the output is the official
    first-frame answer (missing history = the current frame repeated: run_frames with the set twice), as is the
    output for the first t0 set.
@@ -206,6 +208,9 @@ def test_temporal_node_fuses_the_keyframe_spaced_history_and_resets_on_a_bag_loo
                 driver.spin_for(0.05)
                 driver.publish_set(key_stamp(k), images(k))
 
+            # 0. a set without ego poses on /tf (no map frame yet): skipped with a clear warning, never processed
+            driver.publish_set(key_stamp(-1), images(-1))
+            driver.spin_for(0.3)
             # 1. t0, then the in-between 12 Hz sets while the node is busy
             for k in range(6):
                 send(k)
@@ -237,7 +242,12 @@ def test_temporal_node_fuses_the_keyframe_spaced_history_and_resets_on_a_bag_loo
         code = node.stop()
     log = node.log()
     assert code == 0, log[-3000:]
-    assert "processing failed" not in log and "skipped" not in log, log[-3000:]
+    assert "processing failed" not in log, log[-3000:]
+    skipped = [line for line in log.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and "WARN" in skipped[0], skipped
+    assert "temporal variants need the tf.world_frame -> ego TF" in skipped[0], skipped
+    assert f"set at {key_stamp(-1) * 1e-9:.3f} s skipped" in skipped[0], skipped
+    assert key_stamp(-1) not in driver.outputs["timing"]
 
     # (b) the in-between sets were processed (and so are in the history) ...
     assert processed_between, "no in-between set was processed"
