@@ -258,6 +258,10 @@ PARAMETER_RANGES: dict[str, Range] = {
     "sync.queue_size": Range(1, 100),
     "sync.tf_timeout_s": Range(0.0, 3600.0, lo_open=True),
     "outputs.max_markers": Range(0, OCC_GRID.num_voxels),
+    # temporal variants: a history slot takes the stored frame within this of its keyframe time (< half the 0.5 s
+    # keyframe interval, so that no frame can serve two slots)
+    "temporal.history_tolerance_s": Range(0.0, 0.25, lo_open=True, hi_open=True),
+    "temporal.history_max_frames": Range(1, 1000),
 }
 
 
@@ -343,6 +347,18 @@ class OutputConfig:
 
 
 @dataclass
+class TemporalConfig:
+    """History of the temporal variants (``temporal.TemporalPipeline``; single-frame variants ignore it)."""
+
+    history_tolerance_s: float = 0.1  # slot k = the stored frame nearest t - k * 0.5 s, if within this
+    history_max_frames: int = 64  # frames kept at most (12 Hz x the longest history, 4.1 s: ~50)
+
+    def validate(self, prefix: str = "temporal") -> None:
+        for key in ("history_tolerance_s", "history_max_frames"):
+            _check_range("temporal", key, getattr(self, key), prefix)
+
+
+@dataclass
 class FlashOccConfig:
     """Everything the node and the offline pipeline need; `config/<variant>.yaml` holds one of these."""
 
@@ -350,12 +366,20 @@ class FlashOccConfig:
     cameras: CameraConfig = field(default_factory=CameraConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     outputs: OutputConfig = field(default_factory=OutputConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
     def validate(self) -> FlashOccConfig:
         self.model.validate()
         self.cameras.validate()
         self.sync.validate()
         self.outputs.validate()
+        self.temporal.validate()
+        slots = self.variant.num_frames - 1
+        if self.variant.temporal and self.temporal.history_max_frames < slots:
+            raise ConfigError(
+                f"temporal.history_max_frames: {self.temporal.history_max_frames} is below the {slots} history "
+                f"slots of {self.variant.name}"
+            )
         return self
 
     @property

@@ -13,6 +13,11 @@ show (and clear) at once; STALE needs STALE_AFTER_S without input and output. Ru
 * WARN: more than `max_dropped_fraction` of the camera sets of the window were dropped (replaced by a newer set
   while processing was busy: the node is slower than its input; or incomplete: a camera missing or outside the
   spread), at least MIN_DROPPED of them.
+* WARN (temporal variants): the last output fused fewer previous keyframes (``history_depth``) than the stream
+  could have given it (``history_expected``: the slots whose keyframe time lies after the stream's start, i.e. the
+  first set since the node started or time went back): the node is slower than the 0.5 s keyframe interval (every
+  set comes more than 0.5 s + tolerance after the previous one, which resets the history), or sets near the
+  keyframe times were missing. The first sets after a start or a bag loop are not a warning.
 * STALE: neither images nor outputs for STALE_AFTER_S (nothing to process: a stopped bag, a disconnected rig).
 * OK: frames were published in the window (the message gives their rate and median latency), or images are
   arriving and the next complete six-camera set is awaited.
@@ -54,6 +59,7 @@ class HealthSnapshot:
     silent_cameras: tuple[str, ...] = ()
     camera_info_errors: tuple[str, ...] = ()
     info: tuple[tuple[str, str], ...] = field(default=())  # static key/values (variant, backend, device)
+    history: dict | None = None  # temporal variants: TemporalPipeline.status() (history_depth, _slots, ...)
 
 
 # NodeCounters fields that a HealthSnapshot carries as they are.
@@ -178,6 +184,14 @@ def summarize_health(
             f"{dropped} of {offered} camera sets ({100 * dropped_fraction:.0f} %) dropped in the last {span:.1f} s: "
             f"{'; '.join(causes)}; {output}"
         )
+    elif frames > 0 and history_short(current.history):
+        h = current.history
+        level = WARN
+        message = (
+            f"temporal history short: the last output fused {h['history_depth']} of {h['history_slots']} previous "
+            f"keyframe(s), the stream could have given {h['history_expected']} (the node is slower than the 0.5 s "
+            f"keyframe interval, or sets near the keyframe times were missing); {output}"
+        )
     elif (
         current.frames_processed == stale_baseline.frames_processed
         and current.images_received == stale_baseline.images_received
@@ -206,7 +220,20 @@ def summarize_health(
         ("silent_cameras", ", ".join(current.silent_cameras)),
         ("last_problem", current.last_problem),
     ]
+    if current.history is not None:
+        h = current.history
+        values += [
+            ("history_depth", f"{h['history_depth']}/{h['history_slots']}"),
+            ("history_frames", str(h["history_frames"])),
+            ("history_mb", f"{h['history_mb']:.1f}"),
+            ("history_resets", str(h["history_resets"])),
+        ]
     return HealthReport(level, message, tuple(values))
+
+
+def history_short(history: dict | None) -> bool:
+    """The last temporal output fused fewer previous keyframes than the stream could have given it."""
+    return history is not None and history["history_depth"] < history["history_expected"]
 
 
 class HealthMonitor:

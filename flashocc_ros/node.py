@@ -9,7 +9,8 @@ Parameters are the flattened keys of `config.FlashOccConfig` (``model.variant``,
 Threads: the executor thread runs the subscription callbacks, which only queue messages into the approximate-time
 synchronizer; complete sets go into a one-element latest-wins slot; a worker thread takes the freshest set,
 builds the calibration (CameraInfo + TF, or a calibration file, plus the ego pose at each camera's stamp from
-`tf.world_frame` <- ego, as the official pipeline does), runs OccupancyPipeline and publishes.
+`tf.world_frame` <- ego, as the official pipeline does), runs OccupancyPipeline (temporal variants: TemporalPipeline
+with the set's stamp; its history is chosen by time, see temporal.py) and publishes.
 Every bad input gets one clear, rate-limited warning and the node carries on with the next good set.
 """
 
@@ -85,13 +86,14 @@ class FlashOccNode(Node):
 
         # The model (fails here, with a clear error, for a checkpoint/engine of another variant).
         if pipeline_factory is None:
-            from flashocc_ros.pipeline import OccupancyPipeline
+            from flashocc_ros.temporal import create_pipeline
 
-            pipeline_factory = OccupancyPipeline
+            pipeline_factory = partial(create_pipeline, warn=partial(self._log.warn, "temporal_history"))
         t0 = time.monotonic()
         self.pipeline = pipeline_factory(self.cfg)
+        self.temporal = self.cfg.variant.temporal  # TemporalPipeline: run(images, calib, stamp), status()
         self.backend_name = str(getattr(self.pipeline, "backend_name", self.cfg.model.backend))
-        device = getattr(getattr(self.pipeline, "runner", None), "device", self.cfg.model.device)
+        device = getattr(getattr(self.pipeline, "runner", self.pipeline), "device", self.cfg.model.device)
         self._device = str(device)
         self._health_info = (
             ("variant", self.cfg.model.variant),
@@ -118,6 +120,7 @@ class FlashOccNode(Node):
             fixed,
             self.cfg.sync.tf_timeout_s,
             warn=self._log.warn,
+            require_ego_poses=self.temporal,
         )
         self._setup_io()
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -260,6 +263,7 @@ class FlashOccNode(Node):
             silent_cameras=tuple(silent),
             camera_info_errors=self.rig.camera_info_errors(),
             info=self._health_info,
+            history=self.pipeline.status() if self.temporal else None,
         )
 
     def _publish_diagnostics(self, report) -> None:
@@ -302,7 +306,7 @@ class FlashOccNode(Node):
         def superseded() -> bool:
             return self._slot.has_item() or self._slot.closed
 
-        retry_while_pending(partial(self._process, s), timeout, superseded, late)
+        retry_while_pending(partial(self._process, s), timeout, superseded, None if self.temporal else late)
 
     def stop(self) -> None:
         """Let the worker finish (and publish) the frame in progress and end; call before the context shuts down."""
@@ -328,17 +332,21 @@ class FlashOccNode(Node):
         calib = self.rig.calibration(headers, compensate)
         if calib.ego2global is None:
             self.counters.add("sets_uncompensated")
-        self._apply_calibration(calib)
+        run = self.pipeline.run_jpeg if compressed else self.pipeline.run
+        if self.temporal:  # the history is chosen by the set's (key camera's) stamp, in seconds
+            run = partial(run, calib=calib, stamp=s.stamp_ns * 1e-9)
+        else:
+            self._apply_calibration(calib)
         if compressed:
             try:
-                result = self.pipeline.run_jpeg(inputs)
+                result = run(inputs)
             except Exception as exc:
                 corrupt = convert.find_corrupt_jpeg(inputs, [cam.image_topic for cam in self.cameras])
                 if corrupt is None:
                     raise
                 raise corrupt from exc
         else:
-            result = self.pipeline.run(inputs)
+            result = run(inputs)
         self._publish(s, result, t_start)
 
     def _apply_calibration(self, calib) -> None:

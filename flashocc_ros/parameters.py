@@ -57,6 +57,8 @@ PARAMETER_HELP = {
     "sync.tf_timeout_s": "dynamic transforms older than this (vs. the image stamp) are stale",
     "outputs.ego_frame": "frame of the output grids (camera->ego from TF)",
     "outputs.max_markers": "cap on marker cubes per frame",
+    "temporal.history_tolerance_s": "temporal variants: history slot k = the stored frame within this of t - k*0.5 s",
+    "temporal.history_max_frames": "temporal variants: frames kept in the history at most",
 }
 
 # Node-only parameters (not part of FlashOccConfig): name -> (default, description, range, read-only).

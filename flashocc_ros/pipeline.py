@@ -58,6 +58,81 @@ def postprocess_device(runner: Runner):
     return torch.device("cpu")
 
 
+# -- decode + preprocess (shared by OccupancyPipeline and temporal.TemporalPipeline) ---------------------------------
+def check_six(items, name: str) -> list:
+    items = list(items)
+    if len(items) != len(CAMERA_NAMES):
+        names = ", ".join(CAMERA_NAMES)
+        raise PipelineError(f"{name}: expected {len(CAMERA_NAMES)} images ({names}), got {len(items)}")
+    return items
+
+
+def check_image_size(i: int, hw, image_hw) -> None:
+    """Image ``i`` of (H, W) ``hw`` must have the calibration's source size ``image_hw``."""
+    want = tuple(int(x) for x in image_hw)
+    if tuple(int(x) for x in hw) != want:
+        raise PipelineError(
+            f"images[{i}] ({CAMERA_NAMES[i]}): size {hw[1]}x{hw[0]} differs from the calibration's "
+            f"{want[1]}x{want[0]} (intrinsics are for the source image size)"
+        )
+
+
+def images_into(batch, images, out: np.ndarray, image_hw) -> dict[str, float]:
+    """Six RGB uint8 HxWx3 images of size ``image_hw`` (exact official preprocessing, on ``batch``, a
+    preprocess.BatchPreprocessor), or an already preprocessed 4-d float32 array of ``out``'s shape, into ``out``;
+    returns the decode / preprocess times (ms)."""
+    from flashocc_ros.preprocess import BatchItemError
+
+    t0 = time.perf_counter()
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype == np.float32:
+        if images.shape != out.shape:
+            raise PipelineError(f"images: preprocessed array must be {out.shape}, got {images.shape}")
+        np.copyto(out, images)
+        return {"decode": 0.0, "preprocess": (time.perf_counter() - t0) * 1e3}
+    images = check_six(images, "images")
+    for i, img in enumerate(images):
+        img = images[i] = np.asarray(img)
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise PipelineError(
+                f"images[{i}] ({CAMERA_NAMES[i]}): expected RGB uint8 HxWx3, got {img.dtype} {img.shape}"
+            )
+        check_image_size(i, img.shape[:2], image_hw)
+    try:
+        times = batch.images_into(images, out)
+    except BatchItemError as exc:
+        i = exc.index
+        raise PipelineError(f"images[{i}] ({CAMERA_NAMES[i]}): {exc.error}") from exc.error
+    return {"decode": 0.0, "preprocess": times["decode"] + times["preprocess"]}
+
+
+def check_jpegs(jpegs: Sequence[bytes], image_hw) -> list:
+    """Six JPEG byte strings whose headers give the calibration's source size ``image_hw``."""
+    from flashocc_ros.preprocess import jpeg_size
+
+    jpegs = check_six(jpegs, "jpegs")
+    for i, data in enumerate(jpegs):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): expected bytes, got {type(data).__name__}")
+        try:
+            hw = jpeg_size(bytes(data))
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG ({exc})") from exc
+        check_image_size(i, hw, image_hw)
+    return jpegs
+
+
+def jpegs_into(batch, jpegs, out: np.ndarray, exact: bool = False) -> dict[str, float]:
+    """Six checked JPEGs (``check_jpegs``) decoded + preprocessed into ``out`` on ``batch``: fast path (DCT-scaled
+    decode + OpenCV) or ``exact`` (Pillow decode + the official resize/crop/normalise); decode / preprocess ms."""
+    from flashocc_ros.preprocess import BatchItemError
+
+    try:
+        return batch.jpegs_into(jpegs, out, exact=exact)
+    except BatchItemError as exc:
+        i = exc.index
+        raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG ({exc.error})") from exc.error
+
+
 class OccupancyPipeline:
     def __init__(
         self,
@@ -131,55 +206,19 @@ class OccupancyPipeline:
 
     def load_images(self, images) -> dict[str, float]:
         """Preprocess ``images`` (see ``run``) into the runner's input buffer; returns decode/preprocess times."""
-        from flashocc_ros.preprocess import BatchItemError
-
         self._require_calibration()
-        t0 = time.perf_counter()
-        buf = self.runner.image
-        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype == np.float32:
-            if images.shape != buf.shape:
-                raise PipelineError(f"images: preprocessed array must be {buf.shape}, got {images.shape}")
-            np.copyto(buf, images)
-            return {"decode": 0.0, "preprocess": (time.perf_counter() - t0) * 1e3}
-        images = self._six(images, "images")
-        for i, img in enumerate(images):
-            img = images[i] = np.asarray(img)
-            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                raise PipelineError(
-                    f"images[{i}] ({CAMERA_NAMES[i]}): expected RGB uint8 HxWx3, got {img.dtype} {img.shape}"
-                )
-            self._check_size(i, img.shape[:2])
-        try:
-            times = self._batch.images_into(images, buf)
-        except BatchItemError as exc:
-            i = exc.index
-            raise PipelineError(f"images[{i}] ({CAMERA_NAMES[i]}): {exc.error}") from exc.error
-        return {"decode": 0.0, "preprocess": times["decode"] + times["preprocess"]}
+        return images_into(self._batch, images, self.runner.image, self._image_hw())
 
     def load_jpegs(self, jpegs: Sequence[bytes], exact: bool = False) -> dict[str, float]:
         """Decode + preprocess six JPEGs (see ``run_jpeg``) into the runner's input buffer, in parallel on
         ``preprocess_workers`` threads; returns the decode / preprocess times (wall time of the six, split in
         proportion to the per-image stage times)."""
-        from flashocc_ros.preprocess import BatchItemError, jpeg_size
-
         self._require_calibration()
-        jpegs = self._six(jpegs, "jpegs")
-        for i, data in enumerate(jpegs):
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): expected bytes, got {type(data).__name__}")
-            try:
-                hw = jpeg_size(bytes(data))
-            except (ValueError, OSError, RuntimeError) as exc:
-                raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG ({exc})") from exc
-            self._check_size(i, hw)
+        jpegs = check_jpegs(jpegs, self._image_hw())
         if self.gpu_jpeg and not exact:
             return self._load_jpegs_gpu(jpegs)
         self.last_jpeg_path = "cpu"
-        try:
-            return self._batch.jpegs_into(jpegs, self.runner.image, exact=exact)
-        except BatchItemError as exc:
-            i = exc.index
-            raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG ({exc.error})") from exc.error
+        return jpegs_into(self._batch, jpegs, self.runner.image, exact=exact)
 
     # -- GPU host path ---------------------------------------------------------------------------------------
     def _gpu_jpeg_choice(self, wanted: bool | None) -> tuple[bool, str]:
@@ -266,22 +305,8 @@ class OccupancyPipeline:
         if self._fingerprint is None:
             raise PipelineError("no calibration: call set_calibration(RigCalibration) before run()")
 
-    @staticmethod
-    def _six(items, name: str) -> list:
-        items = list(items)
-        if len(items) != len(CAMERA_NAMES):
-            raise PipelineError(
-                f"{name}: expected {len(CAMERA_NAMES)} images ({', '.join(CAMERA_NAMES)}), got {len(items)}"
-            )
-        return items
-
-    def _check_size(self, i: int, hw) -> None:
-        want = tuple(self.calibration.image_hw) if self.calibration is not None else IMAGE_AUG.source_hw
-        if tuple(int(x) for x in hw) != want:
-            raise PipelineError(
-                f"images[{i}] ({CAMERA_NAMES[i]}): size {hw[1]}x{hw[0]} differs from the calibration's "
-                f"{want[1]}x{want[0]} (intrinsics are for the source image size)"
-            )
+    def _image_hw(self) -> tuple[int, int]:
+        return tuple(self.calibration.image_hw) if self.calibration is not None else IMAGE_AUG.source_hw
 
     def close(self) -> None:
         self._batch.close()

@@ -7,7 +7,8 @@ of each image of a synchronized set) and a `TransformSource`; the module decides
   image (`CalibrationPending`), or a world <- ego pose newer than the newest one received (`EgoPosePending`):
   the data may still arrive, `retry_while_pending` waits for it;
 - unavailable: no world <- ego pose for a stamp and none will come (`EgoPoseUnavailable`): the set is processed
-  with one shared ego pose, after a rate-limited warning;
+  with one shared ego pose, after a rate-limited warning; with ``require_ego_poses`` (the temporal variants, which
+  place previous frames by the ego poses) the set is skipped instead (`EgoPosesRequired`);
 - bad input: image sizes that disagree with their CameraInfo or with each other (`ros_convert.BadInput`);
 - the pose tolerance (`CalibrationTracker`): whether a new calibration is close enough to the pipeline's to keep
   its voxel-pooling indices.
@@ -27,6 +28,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
+from flashocc_ros.config import ConfigError
 from flashocc_ros.geometry import RigCalibration, sensor_to_key_ego
 from flashocc_ros.ratelimit import problem_key
 from flashocc_ros.ros_convert import BadInput, check_image_size
@@ -57,6 +59,21 @@ class EgoPosePending(CalibrationPending):
 
 class EgoPoseUnavailable(RuntimeError):
     """No world <- ego pose for a camera's stamp and none will come (world frame unknown, or stamp too old)."""
+
+    def __init__(self, reason: str, hint: str = "") -> None:
+        super().__init__(f"{reason}; {_OFF}{hint}")
+        self.reason = reason
+
+
+TEMPORAL_NEEDS_POSES = "temporal variants need the tf.world_frame -> ego TF (the ego pose at every camera's stamp)"
+
+
+class EgoPosesRequired(CalibrationPending):
+    """The ego poses are required (temporal variants) but not available: the set is skipped (after waiting up to
+    sync.tf_timeout_s, as for any pending calibration)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}: {TEMPORAL_NEEDS_POSES}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -154,6 +171,8 @@ class RigAssembler:
     `fixed`: a calibration file's cameras (`tf_tree.load_calibration_file`); then CameraInfo and camera TF are
     not used. `transforms`: camera -> ego (when not fixed) and world <- ego poses; None = no TF at all.
     `world_frame`: '' = no per-camera ego poses. `warn(key, text)`: rate-limited warnings (ego pose unavailable).
+    `require_ego_poses` (temporal variants): no set without its ego poses (`EgoPosesRequired` instead of one
+    shared ego pose); ConfigError at once when `world_frame` is empty.
     """
 
     def __init__(
@@ -165,7 +184,11 @@ class RigAssembler:
         fixed: dict[str, CameraCalibration] | None = None,
         tf_timeout_s: float = 1.0,
         warn: Callable[[str, str], None] | None = None,
+        require_ego_poses: bool = False,
     ) -> None:
+        if require_ego_poses and not world_frame:
+            raise ConfigError(f"tf.world_frame is empty: the {TEMPORAL_NEEDS_POSES}")
+        self.require_ego_poses = bool(require_ego_poses)
         self.cameras = [CameraTopics(*c) for c in cameras]
         self.ego_frame = ego_frame
         self.world_frame = world_frame
@@ -218,6 +241,10 @@ class RigAssembler:
             raise BadInput(f"the six images must have one size, got {detail}")
         width, height = sizes[0]
         ego2global = self.ego_poses([image.stamp_ns for image in images]) if compensate else None
+        if ego2global is None and self.require_ego_poses:
+            if self.transforms is None:
+                raise EgoPosesRequired("no transform source (neither tf2_ros nor tf2_msgs is installed)")
+            raise EgoPosesRequired("the set was to be processed without its ego poses")
         return RigCalibration(np.stack(Ks), np.stack(s2e), ego2global, (height, width))
 
     def _info_copy(self) -> list[_CameraInfo]:
@@ -248,6 +275,8 @@ class RigAssembler:
         try:
             return np.stack([self.ego_pose(stamp) for stamp in stamps_ns])
         except EgoPoseUnavailable as exc:
+            if self.require_ego_poses:
+                raise EgoPosesRequired(exc.reason) from exc
             self._warn(f"ego_pose:{problem_key(str(exc))}", str(exc))
             return None
 
@@ -258,11 +287,11 @@ class RigAssembler:
         except ExtrapolationError as exc:
             if exc.future:
                 raise EgoPosePending(f"no {world} <- {ego} pose yet at {stamp_ns * 1e-9:.6f} s ({exc})") from exc
-            raise EgoPoseUnavailable(f"no {world} <- {ego} pose at {stamp_ns * 1e-9:.6f} s ({exc}); {_OFF}") from exc
+            raise EgoPoseUnavailable(f"no {world} <- {ego} pose at {stamp_ns * 1e-9:.6f} s ({exc})") from exc
         except TransformError as exc:
             raise EgoPoseUnavailable(
-                f"tf.world_frame '{world}': no {world} <- {ego} transform ({exc}); {_OFF} "
-                "(set tf.world_frame to the frame of your ego poses, or '' to silence this)"
+                f"tf.world_frame '{world}': no {world} <- {ego} transform ({exc})",
+                " (set tf.world_frame to the frame of your ego poses, or '' to silence this)",
             ) from exc
 
 
@@ -277,7 +306,7 @@ def retry_while_pending(
     attempt: Callable[[bool], T],
     timeout_s: float,
     superseded: Callable[[], bool],
-    on_late_pose: Callable[[EgoPosePending], None],
+    on_late_pose: Callable[[EgoPosePending], None] | None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
@@ -285,7 +314,8 @@ def retry_while_pending(
     after its image), for at most `timeout_s`, and not once `superseded()` (a newer set is waiting, or stopping).
 
     A world <- ego pose still missing at the deadline does not drop the set: `on_late_pose` is told and the set
-    is attempted once more without ego-motion compensation. Any other pending calibration is re-raised."""
+    is attempted once more without ego-motion compensation; with `on_late_pose` None (the ego poses are required:
+    temporal variants) the set is dropped (`EgoPosesRequired`). Any other pending calibration is re-raised."""
     deadline = clock() + timeout_s
     compensate = True
     while True:
@@ -295,6 +325,8 @@ def retry_while_pending(
             if superseded():
                 raise
             if clock() >= deadline:
+                if on_late_pose is None:
+                    raise EgoPosesRequired(f"{exc} after waiting {timeout_s:.2f} s (sync.tf_timeout_s)") from exc
                 on_late_pose(exc)
                 compensate = False
                 continue

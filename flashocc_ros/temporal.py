@@ -15,6 +15,10 @@ previous frame, clears the history with one warning (a bag loop, a pause, a jump
 
 Explicit history (``encode`` + ``run_with_history``): the caller names the previous frames itself, e.g.
 flashocc-predict walking a nuScenes split in the official order (the dataset's previous keyframes, SPEC4D 2).
+
+The node gets its pipeline from ``create_pipeline`` and calls ``run`` (raw images) or ``run_jpeg`` (compressed; the
+decode + preprocessing functions of pipeline.py, shared with OccupancyPipeline) per camera set with the set's
+calibration and stamp; ``status()`` feeds /diagnostics (docs/node.md "Temporal variants").
 """
 
 from __future__ import annotations
@@ -23,18 +27,26 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 
 from flashocc_ros.backends.base import CENTER_OUTPUTS
-from flashocc_ros.config import CAMERA_NAMES, FlashOccConfig, ModelVariant
+from flashocc_ros.config import IMAGE_AUG, FlashOccConfig, ModelVariant, TemporalConfig
 from flashocc_ros.geometry import NUM_CAMERAS, RigCalibration, make_mlp_input, sensor_to_key_ego
 from flashocc_ros.model4d import frame_geometry, split_inputs, temporal_geometry
-from flashocc_ros.pipeline import OccupancyResult, PipelineError
+from flashocc_ros.pipeline import (
+    OccupancyPipeline,
+    OccupancyResult,
+    PipelineError,
+    check_jpegs,
+    images_into,
+    jpegs_into,
+)
 
-DEFAULT_TOLERANCE_S = 0.1
-DEFAULT_MAX_ENTRIES = 64
+DEFAULT_TOLERANCE_S = TemporalConfig().history_tolerance_s  # the config's defaults (one source of truth)
+DEFAULT_MAX_ENTRIES = TemporalConfig().history_max_frames
 
 
 @dataclass
@@ -83,6 +95,7 @@ class FrameHistory:
         self.warn = warn or (lambda msg: warnings.warn(msg, RuntimeWarning, stacklevel=3))
         self._records: list[FrameRecord] = []
         self.last_stamp: float | None = None
+        self.stream_start: float | None = None  # first stamp since the start, a reset() or time going back
         self.resets = 0
 
     def __len__(self) -> int:
@@ -95,6 +108,13 @@ class FrameHistory:
     def clear(self) -> None:
         self._records.clear()
         self.last_stamp = None
+        self.stream_start = None
+
+    def expected(self, stamp: float) -> int:
+        """Slots a stream running since ``stream_start`` without gaps could fill at ``stamp`` (0 .. slots)."""
+        if self.stream_start is None:
+            return 0
+        return int(min(self.slots, max(0.0, (stamp - self.stream_start + self.tolerance_s) // self.interval_s)))
 
     def check_stamp(self, stamp: float) -> str | None:
         """Clear the history (one warning) when ``stamp`` goes back or jumps past the tolerance; the reason."""
@@ -107,8 +127,10 @@ class FrameHistory:
         elif last is not None and stamp - last > self.interval_s + self.tolerance_s:
             reason = f"gap of {stamp - last:.3f} s since the previous frame (> {self.interval_s + self.tolerance_s} s)"
         if reason is not None:
-            dropped = len(self._records)
+            dropped, start = len(self._records), self.stream_start
             self.clear()
+            if stamp > last:  # a gap: the stream goes on (its history should have been kept), see expected()
+                self.stream_start = start
             self.resets += 1
             self.warn(f"temporal history reset: {reason}; {dropped} stored frame(s) dropped")
         return reason
@@ -125,33 +147,14 @@ class FrameHistory:
     def add(self, record: FrameRecord) -> None:
         self._records.append(record)
         self.last_stamp = record.stamp
+        if self.stream_start is None:
+            self.stream_start = record.stamp
         oldest = record.stamp - self.slots * self.interval_s - self.tolerance_s - 1e-9
         self._records = [r for r in self._records if r.stamp >= oldest][-self.max_entries :]
         stereo_oldest = record.stamp - self.interval_s - self.tolerance_s - 1e-9
         for r in self._records:
             if r.stamp < stereo_oldest:
                 r.stereo = None
-
-
-def _as_images(images) -> np.ndarray:
-    """(6, 3, 256, 704) float32 network input from a preprocessed array or six RGB uint8 images."""
-    if isinstance(images, np.ndarray) and images.dtype == np.float32:
-        a = images[0] if images.ndim == 5 else images
-        if a.shape[:2] != (NUM_CAMERAS, 3) or a.ndim != 4:
-            raise PipelineError(f"images: preprocessed array must be (6, 3, H, W) float32, got {images.shape}")
-        return a
-    from flashocc_ros.preprocess import preprocess_images
-
-    items = list(images)
-    if len(items) != NUM_CAMERAS:
-        raise PipelineError(f"images: expected {NUM_CAMERAS} images ({', '.join(CAMERA_NAMES)}), got {len(items)}")
-    for i, img in enumerate(items):
-        img = np.asarray(img)
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise PipelineError(
-                f"images[{i}] ({CAMERA_NAMES[i]}): expected RGB uint8 HxWx3, got {img.dtype} {img.shape}"
-            )
-    return preprocess_images(items)
 
 
 class TemporalPipeline:
@@ -162,8 +165,8 @@ class TemporalPipeline:
         cfg: FlashOccConfig,
         model=None,
         with_logits: bool = False,
-        tolerance_s: float = DEFAULT_TOLERANCE_S,
-        max_history_entries: int = DEFAULT_MAX_ENTRIES,
+        tolerance_s: float | None = None,
+        max_history_entries: int | None = None,
         keep_stages: bool = False,
         warn: Callable[[str], None] | None = None,
         reuse_history_depth: bool = False,
@@ -171,7 +174,9 @@ class TemporalPipeline:
         """``reuse_history_depth``: previous frames keep the DepthNet output they got as the current frame instead
         of re-running the DepthNet with the current frame's camera-aware input (the official model's, which
         changes with the current pose in the last bits): one DepthNet pass per frame instead of F, NOT the official
-        arithmetic (deviation measured in docs/model.md). Default False (exact)."""
+        arithmetic (deviation measured in docs/model.md). Default False (exact).
+        ``tolerance_s`` / ``max_history_entries`` default to ``cfg.temporal.history_tolerance_s`` /
+        ``history_max_frames``; ``warn(text)`` gets the history-reset warnings (default: warnings.warn)."""
         self.cfg = cfg.validate()
         self.variant: ModelVariant = cfg.variant
         if not self.variant.temporal:
@@ -193,10 +198,18 @@ class TemporalPipeline:
         self.device = next(model.parameters()).device
         self.with_logits = with_logits
         self.keep_stages = keep_stages
+        tolerance_s = cfg.temporal.history_tolerance_s if tolerance_s is None else tolerance_s
+        max_history_entries = cfg.temporal.history_max_frames if max_history_entries is None else max_history_entries
         self.history = FrameHistory(
             self.variant.num_frames - 1, self.variant.frame_interval_s, tolerance_s, max_history_entries, warn
         )
+        self.backend_name = "pytorch"
+        self._batch = None  # preprocess.BatchPreprocessor, made on the first camera images
+        self._input = np.zeros((NUM_CAMERAS, 3, *IMAGE_AUG.input_hw), np.float32)  # preprocessed images
         self.last_history_depth = 0  # real previous frames used by the last run (0 .. F-1)
+        self.last_history_expected = 0  # slots the stream could have filled at the last run (FrameHistory.expected)
+        self._status: dict[str, float | int] = {}
+        self._update_status()
         self.last_stages: dict | None = None
         self.encoder_passes = 0  # image-encoder passes so far (streaming: one per run)
         self.cost_volume_passes = 0  # 4D-stereo cost volumes computed so far
@@ -206,12 +219,19 @@ class TemporalPipeline:
     # -- streaming --------------------------------------------------------------------------------------------
     def reset(self) -> None:
         self.history.clear()
+        self._update_status()
 
     def status(self) -> dict[str, float | int]:
-        """For diagnostics: previous frames used by the last run / wanted, frames and MB held, resets so far."""
-        return {
+        """For diagnostics, as of the end of the last run / observe / reset (safe to call from another thread):
+        previous frames used by the last run (``history_depth``) / wanted (``history_slots``) / that the stream
+        could have filled (``history_expected``, see FrameHistory.expected), frames and MB held, resets so far."""
+        return dict(self._status)
+
+    def _update_status(self) -> None:
+        self._status = {
             "history_depth": self.last_history_depth,
             "history_slots": self.variant.num_frames - 1,
+            "history_expected": self.last_history_expected,
             "history_frames": len(self.history),
             "history_mb": round(self.history.nbytes / 2**20, 1),
             "history_resets": self.history.resets,
@@ -220,29 +240,70 @@ class TemporalPipeline:
     def run(self, images, calib: RigCalibration, stamp: float, post_rot=None, post_tran=None, bda=None):
         """One camera set at time ``stamp`` (seconds) -> OccupancyResult; the frame joins the history.
 
-        ``calib`` must carry per-camera ego poses (``ego2global``): they place the previous frames in the current
-        ego frame. post_rot / post_tran default to the test-time augmentation of ``calib.image_hw``."""
+        ``images``: six RGB uint8 HxWx3 arrays of ``calib.image_hw`` in CAMERA_NAMES order (exact official
+        preprocessing, as ``OccupancyPipeline.run``) or a preprocessed (6, 3, H, W) float32 array. ``calib`` must
+        carry per-camera ego poses (``ego2global``): they place the previous frames in the current ego frame.
+        post_rot / post_tran default to the test-time augmentation of ``calib.image_hw``."""
         timings: dict[str, float] = {}
-        current = self._encode(images, calib, stamp, timings)
-        slots = self.history.select(current.stamp)
-        post_rot, post_tran = self._augmentation(calib, post_rot, post_tran)
-        result = self._fused(current, slots, calib.intrinsics, post_rot, post_tran, bda, timings)
-        self.history.add(current)
-        return result
+        current = self._encode(partial(self._load_images, images), calib, stamp, timings)
+        return self._run_encoded(current, calib, post_rot, post_tran, bda, timings)
+
+    def run_jpeg(self, jpegs, calib: RigCalibration, stamp: float, exact: bool = False):
+        """``run`` for six JPEGs: the fast (default) or ``exact`` decode + preprocessing of
+        ``OccupancyPipeline.run_jpeg`` (the same functions, ``pipeline.check_jpegs`` / ``jpegs_into``)."""
+        timings: dict[str, float] = {}
+        current = self._encode(partial(self._load_jpegs, jpegs, exact), calib, stamp, timings)
+        return self._run_encoded(current, calib, None, None, None, timings)
 
     def observe(self, images, calib: RigCalibration, stamp: float) -> None:
         """Add a camera set to the history without computing its occupancy (one image-encoder pass): for frames
         the caller has no time to fuse, or to fill the history after a reset."""
-        self.history.add(self._encode(images, calib, stamp, {}))
+        self.history.add(self._encode(partial(self._load_images, images), calib, stamp, {}))
+        self._update_status()
 
-    def _encode(self, images, calib, stamp, timings, streaming: bool = True) -> FrameRecord:
+    def _run_encoded(self, current: FrameRecord, calib, post_rot, post_tran, bda, timings) -> OccupancyResult:
+        slots = self.history.select(current.stamp)
+        self.last_history_expected = self.history.expected(current.stamp)
+        post_rot, post_tran = self._augmentation(calib, post_rot, post_tran)
+        result = self._fused(current, slots, calib.intrinsics, post_rot, post_tran, bda, timings)
+        self.history.add(current)
+        self._update_status()
+        return result
+
+    # -- decode + preprocess (pipeline.py's functions) ----------------------------------------------------------
+    def _preprocessor(self):
+        if self._batch is None:
+            from flashocc_ros.preprocess import BatchPreprocessor
+
+            self._batch = BatchPreprocessor(2)
+        return self._batch
+
+    def _load_images(self, images, calib: RigCalibration) -> tuple[np.ndarray, dict[str, float]]:
+        if isinstance(images, np.ndarray) and images.dtype == np.float32:
+            a = images[0] if images.ndim == 5 else images
+            if a.shape[:2] != (NUM_CAMERAS, 3) or a.ndim != 4:
+                raise PipelineError(f"images: preprocessed array must be (6, 3, H, W) float32, got {images.shape}")
+            return a, {"decode": 0.0, "preprocess": 0.0}
+        return self._input, images_into(self._preprocessor(), images, self._input, calib.image_hw)
+
+    def _load_jpegs(self, jpegs, exact: bool, calib: RigCalibration) -> tuple[np.ndarray, dict[str, float]]:
+        jpegs = check_jpegs(jpegs, calib.image_hw)
+        return self._input, jpegs_into(self._preprocessor(), jpegs, self._input, exact=exact)
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
+
+    # -- the network ----------------------------------------------------------------------------------------------
+    def _encode(self, load, calib, stamp, timings, streaming: bool = True) -> FrameRecord:
+        """``load(calib)`` -> (preprocessed (6, 3, H, W) images, decode / preprocess ms); the frame's record."""
         if not isinstance(calib, RigCalibration):
             raise PipelineError(f"calibration: expected a RigCalibration, got {type(calib).__name__}")
         if calib.ego2global is None:
             raise PipelineError("calibration: the temporal variants need the ego poses (RigCalibration.ego2global)")
-        t0 = time.perf_counter()
-        imgs = _as_images(images)
-        timings.update(decode=0.0, preprocess=(time.perf_counter() - t0) * 1e3)
+        imgs, times = load(calib)
+        timings.update(times)
         if streaming:
             self.history.check_stamp(float(stamp))
         t1 = time.perf_counter()
@@ -263,7 +324,7 @@ class TemporalPipeline:
     def encode(self, images, calib: RigCalibration, stamp: float = 0.0) -> FrameRecord:
         """One image-encoder pass -> the frame's record, for ``run_with_history``; the streaming history is neither
         read nor changed."""
-        return self._encode(images, calib, stamp, {}, streaming=False)
+        return self._encode(partial(self._load_images, images), calib, stamp, {}, streaming=False)
 
     def run_with_history(
         self, images, calib: RigCalibration, previous: Sequence[FrameRecord | None], stamp: float = 0.0,
@@ -281,7 +342,7 @@ class TemporalPipeline:
         if not all(r is None or isinstance(r, FrameRecord) for r in slots):
             raise PipelineError("previous: expected FrameRecord or None entries")
         timings: dict[str, float] = {}
-        current = self._encode(images, calib, stamp, timings, streaming=False)
+        current = self._encode(partial(self._load_images, images), calib, stamp, timings, streaming=False)
         post_rot, post_tran = self._augmentation(calib, post_rot, post_tran)
         return self._fused(current, slots, calib.intrinsics, post_rot, post_tran, bda, timings), current
 
@@ -420,6 +481,15 @@ class TemporalPipeline:
                 result.center_maps = {name: t[0].float().cpu().numpy() for name, t in maps}
         timings["postprocess"] = (time.perf_counter() - t0) * 1e3
         return result
+
+
+def create_pipeline(cfg: FlashOccConfig, warn: Callable[[str], None] | None = None):
+    """The pipeline that serves ``cfg`` one camera set at a time (the node's): a TemporalPipeline for a temporal
+    variant (history-reset warnings to ``warn``; call ``run`` / ``run_jpeg`` with the set's calibration and stamp),
+    else an OccupancyPipeline (``set_calibration``, then ``run`` / ``run_jpeg``)."""
+    if cfg.variant.temporal:
+        return TemporalPipeline(cfg, warn=warn)
+    return OccupancyPipeline(cfg)
 
 
 def frames_of(inputs: dict, num_frames: int) -> Sequence[dict]:

@@ -207,3 +207,40 @@ def test_node_counters_are_consistent_under_concurrent_workers_and_snapshots():
     assert sum(len(s.recent_latencies_ms) for s in [*taken, last]) == n_threads * n
     frames = [s.frames_processed for s in taken]
     assert frames == sorted(frames)  # snapshots never go back
+
+
+# -- temporal variants: the history in use -----------------------------------------------------------------------
+def history(depth: int, expected: int, slots: int = 1, frames: int = 2, mb: float = 27.34, resets: int = 0) -> dict:
+    return {
+        "history_depth": depth,
+        "history_slots": slots,
+        "history_expected": expected,
+        "history_frames": frames,
+        "history_mb": mb,
+        "history_resets": resets,
+    }
+
+
+def test_temporal_history_keys_and_a_warning_only_when_the_history_is_shorter_than_the_stream_allows():
+    before = snap(10.0, images_received=60, frames_processed=10)
+
+    def report(h, frames=11):
+        return summarize_health(snap(11.0, images_received=72, frames_processed=frames, history=h), before)
+
+    ok = report(history(1, 1))
+    values = dict(ok.values)
+    assert ok.level == OK
+    assert (values["history_depth"], values["history_frames"], values["history_mb"], values["history_resets"]) == (
+        "1/1",
+        "2",
+        "27.3",
+        "0",
+    )
+    assert report(history(0, 0, resets=1)).level == OK  # first set after a start / bag loop: nothing to fuse yet
+    short = report(history(3, 8, slots=8))
+    assert short.level == WARN and short.message.startswith(
+        "temporal history short: the last output fused 3 of 8 previous keyframe(s), the stream could have given 8"
+    )
+    assert "slower than the 0.5 s keyframe interval" in short.message
+    assert report(history(3, 8, slots=8), frames=10).level in (OK, STALE)  # no output in the window: not judged
+    assert "history_depth" not in dict(report(None).values)  # single-frame variants: no history keys

@@ -354,3 +354,44 @@ def test_tracker_tells_rig_changes_pose_changes_and_reuse_within_tolerance():
     other_k = type(base)(base.intrinsics * 1.01, base.sensor2ego, moved.ego2global, base.image_hw)
     other_k.intrinsics[:, 2, 2] = 1.0
     assert tracker.update(other_k, 10.0, apply) == "rig"  # a rig change is never within a tolerance
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Temporal variants: the ego poses are required
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_required_ego_poses_skip_the_set_with_a_clear_reason_instead_of_sharing_one_pose():
+    from flashocc_ros.config import ConfigError
+    from flashocc_ros.rig import TEMPORAL_NEEDS_POSES, EgoPosesRequired
+
+    with pytest.raises(ConfigError, match=r"tf.world_frame is empty: the temporal variants need the tf.world_frame"):
+        assembler(world="", require_ego_poses=True)
+    warnings: list[str] = []
+    rig = assembler(warnings=warnings, require_ego_poses=True)
+    # No map frame at all: pending (the pose may still be published), named, never one shared ego pose.
+    with pytest.raises(EgoPosesRequired, match="no map <- base_link transform") as exc:
+        rig.calibration(headers())
+    assert isinstance(exc.value, CalibrationPending) and TEMPORAL_NEEDS_POSES in str(exc.value)
+    assert "compensation is OFF" not in str(exc.value) and warnings == []
+    rig.transforms.add(record("map", "base_link", pose(0.0), 9 * S), static=False)
+    rig.transforms.add(record("map", "base_link", pose(1.0), 11 * S), static=False)
+    assert rig.calibration(headers()).ego2global.shape == (6, 4, 4)  # available: used as ever
+    with pytest.raises(EgoPosesRequired, match="older than the oldest"):  # images older than the pose history
+        rig.calibration(headers(stamp_ns=5 * S))
+    with pytest.raises(EgoPosesRequired, match="without its ego poses"):
+        rig.calibration(headers(), compensate=False)
+
+
+def test_retry_without_a_late_pose_handler_drops_the_set_when_the_pose_does_not_come():
+    from flashocc_ros.rig import EgoPosesRequired
+
+    clock, calls = FakeClock(), []
+
+    def attempt(compensate):
+        calls.append(compensate)
+        raise EgoPosePending("no map <- base_link pose yet at 10.000000 s")
+
+    with pytest.raises(EgoPosesRequired, match=r"pose yet at 10\.000000 s after waiting 0\.10 s \(sync.tf_timeout_s\)"):
+        retry_while_pending(attempt, 0.1, lambda: False, None, clock, clock.sleep)
+    assert all(calls) and clock.now >= 0.1  # never attempted without compensation

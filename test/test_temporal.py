@@ -209,3 +209,99 @@ def test_explicit_history_leaves_the_stream_alone_and_counts_its_frames():
         pipe.run_with_history(imgs, _moving_rig(1.0), [third, second])
     with pytest.raises(PipelineError, match="expected FrameRecord or None entries"):
         pipe.run_with_history(imgs, _moving_rig(1.0), ["frame"] * 8)
+
+
+def test_expected_depth_counts_the_slots_the_stream_could_fill_and_a_gap_does_not_restart_the_stream():
+    warnings = []
+    hist = FrameHistory(2, 0.5, 0.1, warn=warnings.append)
+    assert hist.expected(5.0) == 0  # nothing seen yet
+    for t in (10.0, 10.4):
+        hist.check_stamp(t)
+        hist.add(record(t))
+    # slot k's keyframe time t - 0.5 k must lie at or after the stream's first frame (within the tolerance)
+    assert [hist.expected(t) for t in (10.3, 10.45, 10.85, 10.95, 20.0)] == [0, 1, 1, 2, 2]
+    hist.check_stamp(11.2)  # a gap (node slower than the keyframe interval): history dropped, stream goes on
+    assert len(warnings) == 1 and len(hist) == 0 and hist.expected(11.2) == 2
+    hist.add(record(11.2))
+    hist.check_stamp(10.0)  # time went back (bag loop): a new stream
+    assert len(warnings) == 2 and hist.expected(10.0) == 0
+
+
+class _RecordingModel(_CountingModel):
+    """_CountingModel that keeps the network input of each encoder pass."""
+
+    def __init__(self, variant):
+        super().__init__(variant)
+        self.inputs = []
+
+    def encode_frame(self, img):
+        self.inputs.append(img.clone())
+        return super().encode_frame(img)
+
+
+def test_jpeg_entry_point_uses_the_single_frame_pipelines_decode_and_preprocessing():
+    import simplejpeg
+
+    from flashocc_ros.preprocess import decode_jpeg, preprocess_images, preprocess_jpeg
+
+    p2 = "panoptic-flashocc-r50-depth4d-pano"
+    model = _RecordingModel(get_variant(p2))
+    pipe = TemporalPipeline(load_config(overrides={"model": {"variant": p2}}), model=model)
+    rig = reference_rig()
+    rng = np.random.default_rng(3)
+    rgb = [rng.integers(0, 256, (900, 1600, 3), dtype=np.uint8) for _ in range(6)]
+    jpegs = [simplejpeg.encode_jpeg(a, quality=90, colorspace="RGB") for a in rgb]
+    decoded = [decode_jpeg(j) for j in jpegs]
+    pipe.run_jpeg(jpegs, rig, 0.0, exact=True)  # exact: Pillow decode + the official preprocessing
+    pipe.run(decoded, rig, 0.5)  # RGB: the official preprocessing
+    result = pipe.run_jpeg(jpegs, rig, 1.0)  # fast path, as OccupancyPipeline.run_jpeg's default
+    want = preprocess_images(decoded)
+    np.testing.assert_array_equal(model.inputs[0].numpy(), want)
+    np.testing.assert_array_equal(model.inputs[1].numpy(), want)
+    np.testing.assert_array_equal(model.inputs[2].numpy(), np.stack([preprocess_jpeg(j) for j in jpegs]))
+    assert set(result.timings_ms) >= {"decode", "preprocess", "inference", "postprocess"}
+    assert result.timings_ms["decode"] > 0
+    small = [simplejpeg.encode_jpeg(a[:450, :800].copy(), colorspace="RGB") for a in rgb]
+    with pytest.raises(PipelineError, match=r"images\[0\] \(CAM_FRONT_LEFT\): size 800x450 differs from the calib"):
+        pipe.run_jpeg(small, rig, 1.5)
+    with pytest.raises(PipelineError, match=r"jpegs\[2\] \(CAM_FRONT_RIGHT\): cannot decode JPEG"):
+        pipe.run_jpeg(jpegs[:2] + [b"\xff\xd8 not a jpeg"] + jpegs[3:], rig, 1.5)
+    assert pipe.status() == {
+        "history_depth": 1,
+        "history_slots": 1,
+        "history_expected": 1,
+        "history_frames": 2,
+        "history_mb": pipe.status()["history_mb"],
+        "history_resets": 0,
+    }
+    pipe.reset()
+    assert pipe.status()["history_frames"] == 0
+    pipe.close()
+
+
+def test_history_settings_come_from_the_config_and_are_range_checked():
+    from flashocc_ros.config import ConfigError
+
+    p9 = "panoptic-flashocc-r50-depth4d-longterm8f-pano"
+    cfg = load_config(overrides={"model": {"variant": p9}, "temporal": {"history_tolerance_s": 0.05}})
+    pipe = TemporalPipeline(cfg, model=_Stub(get_variant(p9)))
+    assert (pipe.history.tolerance_s, pipe.history.max_entries, pipe.history.slots) == (0.05, 64, 8)
+    with pytest.raises(ConfigError, match=r"temporal.history_tolerance_s: 0.25 is outside \(0, 0.25\)"):
+        load_config(overrides={"temporal": {"history_tolerance_s": 0.25}})
+    with pytest.raises(ConfigError, match="temporal.history_max_frames: 4 is below the 8 history slots of"):
+        load_config(overrides={"model": {"variant": p9}, "temporal": {"history_max_frames": 4}})
+    load_config(overrides={"temporal": {"history_max_frames": 4}})  # single-frame variants ignore it
+
+
+def test_the_node_gets_a_temporal_pipeline_for_temporal_variants(monkeypatch):
+    import flashocc_ros.loading
+    from flashocc_ros.temporal import create_pipeline
+
+    p2 = "panoptic-flashocc-r50-depth4d-pano"
+    monkeypatch.setattr(flashocc_ros.loading, "load_model", lambda variant, *a, **k: _Stub(get_variant(variant)))
+    warnings = []
+    pipe = create_pipeline(load_config(overrides={"model": {"variant": p2, "device": "cpu"}}), warn=warnings.append)
+    assert isinstance(pipe, TemporalPipeline) and pipe.backend_name == "pytorch" and str(pipe.device) == "cpu"
+    pipe.history.add(record(1.0))
+    pipe.history.check_stamp(0.5)
+    assert len(warnings) == 1 and "temporal history reset: time went back" in warnings[0]
