@@ -24,8 +24,8 @@ from flashocc_ros.backends.onnx_export import export_onnx
 from flashocc_ros.backends.ort_runner import OnnxRuntimeRunner
 from flashocc_ros.backends.torch_runner import TorchRunner
 from flashocc_ros.config import get_variant
-from flashocc_ros.geometry import prepare_geometry, reference_rig
-from flashocc_ros.weights import deterministic_images, deterministic_state_dict
+from flashocc_ros.network.geometry import prepare_geometry, reference_rig
+from flashocc_ros.network.weights import deterministic_images, deterministic_state_dict
 
 
 def timed(fn, repeats: int, warmup: int = 1) -> list[float]:
@@ -114,7 +114,7 @@ def bench_tensorrt(variants, args, img) -> list[dict]:  # pragma: no cover - nee
     from flashocc_ros.backends.tensorrt_build import BuildOptions, ensure_engine
     from flashocc_ros.backends.tensorrt_runner import TensorRTRunner
     from flashocc_ros.config import load_config
-    from flashocc_ros.pipeline import OccupancyPipeline
+    from flashocc_ros.inference.pipeline import OccupancyPipeline
 
     rows = []
     rng = np.random.default_rng(0)

@@ -29,12 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flashocc_ros.centers import decode_centers  # noqa: E402
 from flashocc_ros.config import VARIANTS, get_variant  # noqa: E402
-from flashocc_ros.geometry import compute_pool_indices, make_mlp_input, sensor_to_key_ego  # noqa: E402
-from flashocc_ros.model import CENTER_HEADS, occupancy_labels  # noqa: E402
-from flashocc_ros.networks import build_model  # noqa: E402
-from flashocc_ros.weights import deterministic_inputs, deterministic_state_dict  # noqa: E402
+from flashocc_ros.network.centers import decode_centers  # noqa: E402
+from flashocc_ros.network.geometry import compute_pool_indices, make_mlp_input, sensor_to_key_ego  # noqa: E402
+from flashocc_ros.network.model import CENTER_HEADS, occupancy_labels  # noqa: E402
+from flashocc_ros.network.networks import build_model  # noqa: E402
+from flashocc_ros.network.weights import deterministic_inputs, deterministic_state_dict  # noqa: E402
 
 # Official CPU forward medians (seconds) from golden/out/timing_forward_cpu.json (official simple_test incl. centre
 # decoding, 2 threads, this machine type); copied so the benchmark runs without ../shared.

@@ -34,13 +34,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flashocc_ros.config import get_variant  # noqa: E402
-from flashocc_ros.geometry import (  # noqa: E402
+from flashocc_ros.network.geometry import (  # noqa: E402
     RigCalibration,
     compute_pool_indices,
     prepare_geometry,
     reference_rig,
 )
-from flashocc_ros.preprocess import augmentation_for  # noqa: E402
+from flashocc_ros.network.preprocess import augmentation_for  # noqa: E402
 from test.reference.official_geometry import compute_pool_indices_reference  # noqa: E402
 
 
@@ -121,10 +121,10 @@ def measure(args) -> int:
 
 def measure_pipeline(repeats: int) -> None:
     """set_calibration (indices + runner tables) right after a network run, reference vs fast, interleaved."""
-    from flashocc_ros import geometry
     from flashocc_ros.config import load_config
-    from flashocc_ros.pipeline import OccupancyPipeline
-    from flashocc_ros.weights import deterministic_images
+    from flashocc_ros.inference.pipeline import OccupancyPipeline
+    from flashocc_ros.network import geometry
+    from flashocc_ros.network.weights import deterministic_images
 
     cfg = load_config(overrides={"model": {"variant": "flashocc-r50-M0", "backend": "onnxruntime"}})
     images = deterministic_images(0)[0]

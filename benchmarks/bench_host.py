@@ -13,7 +13,7 @@ No DDS: publishing itself is measured end to end by bench_node.py.
 
 The no-op runner returns a fixed street-like label grid (bench_render.street_scene, ~9 % occupied), so the point
 cloud has a realistic size. ``--device cuda`` keeps the runner's input on the GPU and uses the GPU host path
-(nvJPEG decode + resize/crop/normalise on the GPU, ``flashocc_ros.gpu_preprocess``) where available; the network
+(nvJPEG decode + resize/crop/normalise on the GPU, ``flashocc_ros.network.gpu_preprocess``) where available; the network
 output (labels) is copied to the host as the real runner does.
 
 Reports per-stage medians and p95 (ms) and the total against the goals of issue 17 (<= 35 ms CPU-only,
@@ -45,7 +45,7 @@ sys.path.insert(0, str(PACKAGE_ROOT))
 
 from flashocc_ros.backends.base import OCC_LABELS, Runner  # noqa: E402
 from flashocc_ros.config import get_variant, load_config  # noqa: E402
-from flashocc_ros.geometry import RigCalibration, reference_rig  # noqa: E402
+from flashocc_ros.network.geometry import RigCalibration, reference_rig  # noqa: E402
 
 GOAL_CPU_MS = 35.0
 # per-frame wall times of the stages, their total, and "cpu": the process's CPU time per frame (all threads; less
@@ -123,15 +123,15 @@ def run(
     from bench_node import make_jpegs
     from bench_render import street_scene
 
-    from flashocc_ros.pipeline import OccupancyPipeline
-    from flashocc_ros.ros_convert import occupied_points
+    from flashocc_ros.inference.pipeline import OccupancyPipeline
+    from flashocc_ros.ros.messages import occupied_points
 
     build_msgs = msgs
     if build_msgs:
         try:
             from std_msgs.msg import Header
 
-            from flashocc_ros.ros_convert import pointcloud2_msg, semantic_to_msg
+            from flashocc_ros.ros.messages import pointcloud2_msg, semantic_to_msg
 
             semantic_to_msg(street_scene(), Header(frame_id="base_link"), variant)  # import the classes now
         except Exception:  # ROS message packages missing (e.g. the GPU machine): arrays only

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from flashocc_ros.config import CAMERA_NAMES  # noqa: E402
-from flashocc_ros.tf_tree import quaternion_xyzw_to_matrix  # noqa: E402
+from flashocc_ros.transforms import quaternion_xyzw_to_matrix  # noqa: E402
 
 RIG = json.loads((REPO / "test" / "data" / "nuscenes_rig.json").read_text())["cameras"]
 OFFSETS_MS = [30, 0, 10, 40, 25, 15]  # per-camera stamp offsets inside one sweep (nuScenes-like), --ego-speed only
@@ -67,7 +67,7 @@ def baseline_decode_preprocess_ms(jpegs: list[bytes], repeats: int = 5) -> tuple
 
     from PIL import Image
 
-    from flashocc_ros.preprocess import BatchPreprocessor, preprocess_image, preprocess_jpeg
+    from flashocc_ros.network.preprocess import BatchPreprocessor, preprocess_image, preprocess_jpeg
 
     out = np.empty((len(jpegs), 3, 256, 704), np.float32)
     batch = BatchPreprocessor(2)

@@ -1,4 +1,4 @@
-"""Benchmark: panoptic assignment (flashocc_ros.panoptic) against a per-class loop transcription of Algorithm 1.
+"""Benchmark: panoptic assignment (flashocc_ros.network.panoptic) against a per-class loop transcription of Algorithm 1.
 
 Both run in the same process on the same inputs:
   * "PT seed 0": the semantic grid and the 363 decoded centres of the Panoptic-FlashOcc tiny golden reference
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from flashocc_ros.config import HEAD_TO_OCC, OCC_GRID
-from flashocc_ros.panoptic import OFFICIAL_HEAD_TO_OCC, OFFICIAL_OCC_TO_HEAD, assign_instances
+from flashocc_ros.network.panoptic import OFFICIAL_HEAD_TO_OCC, OFFICIAL_OCC_TO_HEAD, assign_instances
 
 REPO = Path(__file__).resolve().parents[1]
 PT_GOLDEN = REPO / "test" / "data" / "golden" / "panoptic-flashocc-r50-depth-tiny-pano_seed0.npz"

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flashocc_ros.preprocess import (  # noqa: E402
+from flashocc_ros.network.preprocess import (  # noqa: E402
     BatchPreprocessor,
     decode_jpeg,
     preprocess_image,

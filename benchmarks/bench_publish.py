@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_panoptic import median_seconds, street_case  # noqa: E402
 
 from flashocc_ros.config import FIRST_INSTANCE_ID, FREE_INDEX, OCC_GRID  # noqa: E402
-from flashocc_ros.panoptic import assign_instances  # noqa: E402
-from flashocc_ros.ros_convert import (  # noqa: E402
+from flashocc_ros.network.panoptic import assign_instances  # noqa: E402
+from flashocc_ros.ros.messages import (  # noqa: E402
     OCCUPANCY_POINT_DTYPE,
     marker_array_msg,
     occupied_points,

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flashocc_ros import evaluation as ev
 from flashocc_ros.config import FREE_INDEX, OCC_GRID
+from flashocc_ros.metrics import evaluation as ev
 from flashocc_ros.metrics import ray
 
 FULL_VAL_SAMPLES = 6019

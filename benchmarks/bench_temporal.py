@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from flashocc_ros.config import get_variant, load_config
-from flashocc_ros.geometry import reference_rig
-from flashocc_ros.loading import load_model
-from flashocc_ros.preprocess import augmentation_for
-from flashocc_ros.temporal import TemporalPipeline
-from flashocc_ros.weights import deterministic_images
+from flashocc_ros.inference.temporal import TemporalPipeline
+from flashocc_ros.network.geometry import reference_rig
+from flashocc_ros.network.loading import load_model
+from flashocc_ros.network.preprocess import augmentation_for
+from flashocc_ros.network.weights import deterministic_images
 
 SPEED_MPS = 8.0
 
@@ -95,7 +95,7 @@ def bench_variant(name: str, stream: int, reuse_history_depth: bool = False) -> 
 
 
 def bench_single(name: str, repeats: int = 2) -> float:
-    from flashocc_ros.geometry import prepare_geometry
+    from flashocc_ros.network.geometry import prepare_geometry
 
     v = get_variant(name)
     model = load_model(v.name, seed=0)

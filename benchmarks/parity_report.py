@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/parity_report.py [--backends pytorch onnxruntime] [--variants M0 M1 PT PF]
                                                 [--engine-cache DIR] [--markdown]
 
-Same inputs and rules as test/test_pipeline_parity.py: seed-0 deterministic weights, a float64 nuScenes rig, the
-golden preprocessed input ("tensor") and the official raw-image run ("raw", M0 and PT), near-tie rules of
+Same inputs and rules as test/inference/test_pipeline_parity.py: seed-0 deterministic weights, a float64 nuScenes
+rig, the golden preprocessed input ("tensor") and the official raw-image run ("raw", M0 and PT), near-tie rules of
 test/reference/near_ties.py. Prints, per row: labels differing from the official grid / official near-ties
 (top-2 gap < 1e-3), the largest probe-logit deviation in units of the logits' std, centres (ours / official /
 matched) and whether every rule holds. ONNX exports are cached in --engine-cache (exported once, ~1 min each).
@@ -23,13 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flashocc_ros.config import get_variant, load_config  # noqa: E402
+from test.inference.test_pipeline_parity import LOGIT_REL_TOL, check_against_official, run_pipeline  # noqa: E402
 from test.model_helpers import GOLDEN  # noqa: E402
 from test.reference.raw_images import raw_images  # noqa: E402
-from test.test_pipeline_parity import LOGIT_REL_TOL, check_against_official, run_pipeline  # noqa: E402
 
 
 def golden_images() -> np.ndarray:
-    from flashocc_ros.weights import deterministic_images
+    from flashocc_ros.network.weights import deterministic_images
 
     return deterministic_images(0)[0]
 

@@ -32,19 +32,20 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from flashocc_ros import ros_convert as convert
 from flashocc_ros import topics
 from flashocc_ros.config import ConfigError
-from flashocc_ros.health import HealthMonitor, HealthSnapshot, NodeCounters
 from flashocc_ros.msg import InferenceTiming, PanopticOccupancy, SemanticOccupancy
-from flashocc_ros.parameters import (
+from flashocc_ros.ros import messages as convert
+from flashocc_ros.ros.health import HealthMonitor, HealthSnapshot, NodeCounters
+from flashocc_ros.ros.messages import BadInput
+from flashocc_ros.ros.parameters import (
     DYNAMIC_PARAMETERS,
     declare_parameters,
     updated_config,
 )
-from flashocc_ros.qos import output_qos, sensor_qos
-from flashocc_ros.ratelimit import RateLimitedLog, problem_key
-from flashocc_ros.rig import (
+from flashocc_ros.ros.qos import output_qos, sensor_qos
+from flashocc_ros.ros.ratelimit import RateLimitedLog, problem_key
+from flashocc_ros.ros.rig import (
     CalibrationPending,
     CalibrationTracker,
     CameraTopics,
@@ -52,11 +53,10 @@ from flashocc_ros.rig import (
     RigAssembler,
     retry_while_pending,
 )
-from flashocc_ros.ros_convert import BadInput
-from flashocc_ros.ros_tf import transform_source
+from flashocc_ros.ros.sync import ApproximateTimeSync, CameraSet, LatestSlot, silent_camera_warnings
+from flashocc_ros.ros.tf_source import transform_source
+from flashocc_ros.ros.tf_tree import load_calibration_file
 from flashocc_ros.stamps import stamp_to_ns
-from flashocc_ros.sync import ApproximateTimeSync, CameraSet, LatestSlot, silent_camera_warnings
-from flashocc_ros.tf_tree import load_calibration_file
 
 NODE_NAME = "flashocc_node"
 
@@ -86,7 +86,7 @@ class FlashOccNode(Node):
 
         # The model (fails here, with a clear error, for a checkpoint/engine of another variant).
         if pipeline_factory is None:
-            from flashocc_ros.temporal import create_pipeline
+            from flashocc_ros.inference.temporal import create_pipeline
 
             pipeline_factory = partial(create_pipeline, warn=partial(self._log.warn, "temporal_history"))
         t0 = time.monotonic()
@@ -267,7 +267,7 @@ class FlashOccNode(Node):
         )
 
     def _publish_diagnostics(self, report) -> None:
-        """The health report as one diagnostic_msgs/DiagnosticArray (rules: flashocc_ros/health.py)."""
+        """The health report as one diagnostic_msgs/DiagnosticArray (rules: flashocc_ros/ros/health.py)."""
         name, stamp = f"{self.get_name()}: occupancy", self.get_clock().now().to_msg()
         self.pub_diagnostics.publish(convert.diagnostics_msg(report, name, self._device, stamp))
 

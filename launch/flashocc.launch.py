@@ -12,7 +12,13 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from flashocc_ros.config import DEFAULT_VARIANT
-from flashocc_ros.launch_support import fastdds_profile, parameter_overrides, params_file_for, player_command, share_dir
+from flashocc_ros.ros.launch_support import (
+    fastdds_profile,
+    parameter_overrides,
+    params_file_for,
+    player_command,
+    share_dir,
+)
 
 ARGUMENTS = {
     "variant": (DEFAULT_VARIANT, "official config name of the model variant"),

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from flashocc_ros.config import load_config
-from flashocc_ros.loading import load_model as _real_load_model
+from flashocc_ros.network.loading import load_model as _real_load_model
 from test.model_helpers import golden, manifest
 from test.reference.inputs_4d import inputs_4d
 
@@ -40,7 +40,7 @@ def seed0_model_4d(variant: str):
 
 
 def pipeline(variant: str, **kw):
-    from flashocc_ros.temporal import TemporalPipeline
+    from flashocc_ros.inference.temporal import TemporalPipeline
 
     cfg = load_config(overrides={"model": {"variant": variant, "device": "cpu", "pano_mode": "official"}})
     return TemporalPipeline(cfg, model=seed0_model_4d(variant), with_logits=True, keep_stages=True, **kw)
@@ -84,7 +84,7 @@ def all_at_once(variant: str) -> dict:
 def streamed(variant: str, observe_history: bool, observe_first: bool = False) -> dict:
     """The golden frames fed one by one, oldest first, at their keyframe times; ``observe_history``: the earlier
     frames only join the history (observe), else each gets its own occupancy (run). Returns the last frame's."""
-    from flashocc_ros.temporal import frames_of
+    from flashocc_ros.inference.temporal import frames_of
 
     pipe = pipeline(variant)
     inputs = seed0_inputs_4d(pipe.variant.num_frames)

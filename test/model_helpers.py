@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Bound at import: tests may monkeypatch flashocc_ros.loading.load_model to serve these cached models, and the cache
-# must still build with the real loader (a late import would find the patched one and recurse).
-from flashocc_ros.loading import load_model as _real_load_model
+# Bound at import: tests may monkeypatch flashocc_ros.network.loading.load_model to serve these cached models, and
+# the cache must still build with the real loader (a late import would find the patched one and recurse).
+from flashocc_ros.network.loading import load_model as _real_load_model
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 VARIANT_NAMES = (
@@ -39,7 +39,7 @@ def assert_layout_matches_manifest(ours: dict[str, tuple[int, ...]], official: d
 
 @functools.cache
 def seed0_inputs() -> dict[str, np.ndarray]:
-    from flashocc_ros.weights import deterministic_inputs
+    from flashocc_ros.network.weights import deterministic_inputs
 
     return deterministic_inputs(0)
 
@@ -47,7 +47,7 @@ def seed0_inputs() -> dict[str, np.ndarray]:
 @functools.cache
 def seed0_model(variant: str):
     """(model with seed-0 weights, pool indices, mlp_input or None) on the seed-0 rig; cached per session."""
-    from flashocc_ros.geometry import compute_pool_indices, make_mlp_input, sensor_to_key_ego
+    from flashocc_ros.network.geometry import compute_pool_indices, make_mlp_input, sensor_to_key_ego
 
     inp = seed0_inputs()
     model = _real_load_model(variant, seed=0)
@@ -61,8 +61,8 @@ def seed0_model(variant: str):
 @functools.cache
 def seed0_run(variant: str) -> dict:
     """Our network on the seed-0 golden recipe (weights + inputs): stages as numpy, pool counts, centers."""
-    from flashocc_ros.centers import decode_centers
-    from flashocc_ros.model import occupancy_labels
+    from flashocc_ros.network.centers import decode_centers
+    from flashocc_ros.network.model import occupancy_labels
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     model, pool, mlp, s2ke = seed0_model(variant)

@@ -83,16 +83,16 @@ def test_the_graph_sees_function_local_imports_and_finds_a_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    tree = ast.parse("def f():\n    from flashocc_ros.model import FlashOcc\n")
+    tree = ast.parse("def f():\n    from flashocc_ros.network.model import FlashOcc\n")
     assert any(isinstance(n, ast.ImportFrom) for n in ast.walk(tree))
 
 
 def test_known_edges_are_seen():
     graph = import_graph()
-    assert "flashocc_ros.rig" in graph["flashocc_ros.node"]
-    assert "flashocc_ros.geometry" in graph["flashocc_ros.rig"]
+    assert "flashocc_ros.ros.rig" in graph["flashocc_ros.node"]
+    assert "flashocc_ros.network.geometry" in graph["flashocc_ros.ros.rig"]
     # a function-local import (backends.loaders.LoadWeights -> loading) is an edge too
-    assert "flashocc_ros.loading" in graph["flashocc_ros.backends.loaders"]
+    assert "flashocc_ros.network.loading" in graph["flashocc_ros.backends.loaders"]
 
 
 def test_package_import_graph_has_no_cycles():
@@ -102,15 +102,18 @@ def test_package_import_graph_has_no_cycles():
 
 # The layers of docs/architecture.md: a module may import only from its own layer or a lower one.
 LAYERS = {
-    0: "flashocc_ros config topics stamps atomic grids viz.colors dataset tools",
-    1: "tf_tree sync health ratelimit preprocess centers panoptic metrics metrics.miou metrics.ray dataset.devkit "
-    "dataset.synthetic ros_convert launch_support parity occupancy_codec",
-    2: "geometry gpu_preprocess model model4d networks bagio evaluation viz viz.raster viz.render",
-    3: "weights checkpoint loading backends backends.base backends.pooling backends.engine_cache backends.onnx_export "
-    "backends.onnx_export4d backends.tensorrt_env backends.calibration backends.loaders backends.tensorrt_build "
-    "backends.torch_runner backends.ort_runner backends.tensorrt_runner",
-    4: "pipeline temporal rig",
-    5: "node parameters qos ros_tf",
+    0: "flashocc_ros network inference ros config topics stamps atomic grids transforms viz.colors dataset tools",
+    1: "ros.tf_tree ros.sync ros.health ros.ratelimit network.preprocess network.centers network.panoptic "
+    "metrics metrics.miou metrics.ray dataset.devkit dataset.synthetic ros.messages ros.launch_support "
+    "metrics.parity ros.occupancy_codec",
+    2: "network.geometry network.gpu_preprocess network.model network.model4d network.networks dataset.bagio "
+    "metrics.evaluation viz viz.raster viz.render",
+    3: "network.weights network.checkpoint network.loading backends backends.base backends.pooling "
+    "backends.engine_cache backends.onnx_export backends.onnx_export4d backends.tensorrt_env "
+    "backends.calibration backends.loaders backends.tensorrt_build backends.torch_runner "
+    "backends.ort_runner backends.tensorrt_runner",
+    4: "inference.pipeline inference.temporal ros.rig",
+    5: "node ros.parameters ros.qos ros.tf_source",
     6: "dataset.nusc2bag viz.loaders viz.viewer",
 }
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from flashocc_ros.backends.pooling import POOL_INPUTS
 from flashocc_ros.config import IMAGE_AUG, NUM_CLASSES, OCC_GRID, ModelVariant
-from flashocc_ros.geometry import NUM_CAMERAS, PoolIndices
+from flashocc_ros.network.geometry import NUM_CAMERAS, PoolIndices
 
 # Network tensor names (ONNX graph, TensorRT engine and runner buffers all use these).
 IMAGE_INPUT = "img"

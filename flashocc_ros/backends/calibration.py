@@ -44,7 +44,7 @@ class CalibrationSource:
 
     def batches(self) -> Iterator[np.ndarray]:
         """Preprocessed (6, 3, 256, 704) float32 network inputs."""
-        from flashocc_ros.preprocess import preprocess_jpeg_exact
+        from flashocc_ros.network.preprocess import preprocess_jpeg_exact
 
         for images in self.sets():
             out = np.empty(IMAGE_SHAPE, dtype=np.float32)
@@ -166,7 +166,7 @@ def calibration_feeds(source: CalibrationSource, variant: ModelVariant, rig=None
     """The network inputs of every set of ``source``: the preprocessed images plus the rig-dependent inputs
     (pooling tables, BEVDepth ``mlp_input``) of ``rig`` (default: the nuScenes reference rig), computed once."""
     from flashocc_ros.backends.pooling import pool_tables_from_indices
-    from flashocc_ros.geometry import prepare_geometry, reference_rig
+    from flashocc_ros.network.geometry import prepare_geometry, reference_rig
 
     geo = prepare_geometry(variant, rig if rig is not None else reference_rig())
     static = pool_tables_from_indices(geo.pool, variant.depth_bins).as_inputs()

@@ -67,7 +67,7 @@ class LoadWeights:
 
     def _load(self) -> Weights:
         from flashocc_ros.backends.onnx_export import weights_digest
-        from flashocc_ros.loading import load_state_dict
+        from flashocc_ros.network.loading import load_state_dict
 
         variant = get_variant(self.model_cfg.variant)
         path = None

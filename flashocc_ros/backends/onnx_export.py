@@ -86,7 +86,7 @@ def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 def example_inputs(variant: ModelVariant, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Tracing inputs on the reference nuScenes rig (values only shape the trace; all index dims are dynamic)."""
-    from flashocc_ros.geometry import prepare_geometry, reference_rig
+    from flashocc_ros.network.geometry import prepare_geometry, reference_rig
 
     geo = prepare_geometry(variant, reference_rig())
     tables = pool_tables_from_indices(geo.pool, variant.depth_bins)
@@ -129,7 +129,7 @@ def export_onnx(
     check: bool = True,
 ) -> ExportReport:
     """Export ``variant`` with ``state_dict`` to ``out_path`` (written atomically), validate it, return a report."""
-    from flashocc_ros.networks import build_model
+    from flashocc_ros.network.networks import build_model
 
     v = get_variant(variant) if isinstance(variant, str) else variant
     if v.temporal:

@@ -64,7 +64,7 @@ from flashocc_ros.backends.pooling import (
     pool_tables_from_indices,
 )
 from flashocc_ros.config import ModelVariant, get_variant
-from flashocc_ros.geometry import FEATURE_HW, NUM_CAMERAS, PoolIndices
+from flashocc_ros.network.geometry import FEATURE_HW, NUM_CAMERAS, PoolIndices
 
 EXPORT_FORMAT_4D = "flashocc_ros/onnx4d-v1"  # bump when a graph's inputs/outputs change
 ENCODER, FUSION = "encoder", "fusion"
@@ -379,7 +379,7 @@ class TemporalExportReport:
 
 def _example_inputs(model, variant: ModelVariant) -> tuple[tuple, tuple]:
     """Tracing inputs (values only shape the trace; the pooling tables' lengths are dynamic)."""
-    from flashocc_ros.geometry import prepare_geometry, reference_rig
+    from flashocc_ros.network.geometry import prepare_geometry, reference_rig
 
     rng = np.random.default_rng(0)
     img = torch.from_numpy(rng.standard_normal(IMAGE_SHAPE).astype(np.float32))
@@ -389,7 +389,7 @@ def _example_inputs(model, variant: ModelVariant) -> tuple[tuple, tuple]:
     kw = {}
     if variant.stereo:
         rig = reference_rig()
-        from flashocc_ros.preprocess import augmentation_for
+        from flashocc_ros.network.preprocess import augmentation_for
 
         aug = augmentation_for(rig.image_hw)
         eye = np.broadcast_to(np.eye(4, dtype=np.float32), (nf, NUM_CAMERAS, 4, 4))
@@ -415,7 +415,7 @@ def export_temporal_onnx(
     check: bool = True,
 ) -> TemporalExportReport:
     """Export a temporal variant as the encoder and fusion graphs + the JSON sidecar (see ``output_paths``)."""
-    from flashocc_ros.networks import build_model
+    from flashocc_ros.network.networks import build_model
 
     v = _check_temporal(variant)
     paths = output_paths(out)

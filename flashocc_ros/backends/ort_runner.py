@@ -22,7 +22,7 @@ from flashocc_ros.backends.base import (
 )
 from flashocc_ros.backends.pooling import pool_tables_from_indices
 from flashocc_ros.config import ModelVariant
-from flashocc_ros.geometry import PoolIndices
+from flashocc_ros.network.geometry import PoolIndices
 
 
 def import_onnxruntime():

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flashocc_ros.geometry import BEV_SIZE, FEATURE_HW, NUM_CAMERAS, PoolIndices
+from flashocc_ros.network.geometry import BEV_SIZE, FEATURE_HW, NUM_CAMERAS, PoolIndices
 
 SLOT_WIDTH = 16
 # Graph input names of the tables (in this order after "img").

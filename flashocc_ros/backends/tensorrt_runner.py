@@ -29,7 +29,7 @@ from flashocc_ros.backends.engine_cache import EngineKey, EngineMismatchError, c
 from flashocc_ros.backends.pooling import MAX_ROWS_PER_CELL, SLOT_WIDTH, pool_tables_from_indices
 from flashocc_ros.backends.tensorrt_env import cuda_device, import_tensorrt
 from flashocc_ros.config import ModelVariant
-from flashocc_ros.geometry import PoolIndices
+from flashocc_ros.network.geometry import PoolIndices
 
 
 class TensorRTRunner(Runner):

@@ -17,7 +17,7 @@ from flashocc_ros.backends.base import (
     Runner,
 )
 from flashocc_ros.config import ModelVariant
-from flashocc_ros.geometry import PoolIndices
+from flashocc_ros.network.geometry import PoolIndices
 
 
 def torch_device(device: str) -> torch.device:
@@ -44,7 +44,7 @@ class TorchRunner(Runner):
         precision: str = "fp32",
     ) -> None:
         super().__init__(variant, with_logits)
-        from flashocc_ros.networks import build_model
+        from flashocc_ros.network.networks import build_model
 
         if precision == "int8":
             raise BackendError("model.precision int8 is only supported by the tensorrt backend")

@@ -9,7 +9,7 @@ bag of ours is skipped (or replaced with --overwrite); anything else at ``<out>/
 scene fails with a message. Temporary directories left by a killed run are removed by the next run (only those
 carrying our marker file whose process is gone) and reported.
 
-Bag content and conventions are described in `flashocc_ros.bagio` and docs/converter.md.
+Bag content and conventions are described in `flashocc_ros.dataset.bagio` and docs/converter.md.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flashocc_ros import bagio
 from flashocc_ros.atomic import process_alive
 from flashocc_ros.config import CAMERA_NAMES, OCC_GRID
-from flashocc_ros.dataset import devkit
+from flashocc_ros.dataset import bagio, devkit
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 PARTIAL_PREFIX = ".partial-"

@@ -4,7 +4,7 @@ Definitions reproduced (facts from the published evaluation; see docs/evaluation
 
 * Rays: a lidar-like fan of 39 pitch angles x 360 azimuths (14,040 unit directions per origin).
 * Origins: up to 8 lidar positions of the scene's keyframes in the evaluated sample's ego frame
-  (``subsample_origins``; the poses themselves come from nuscenes-devkit in ``flashocc_ros.evaluation``).
+  (``subsample_origins``; the poses themselves come from nuscenes-devkit in ``flashocc_ros.metrics.evaluation``).
 * Casting: Amanatides-Woo voxel traversal in voxel units from each origin. A ray stops at the first voxel whose
   label is not free; its distance is the ray parameter at which it *leaves* that voxel (x 0.4 m), and the label /
   instance is read there. A ray that hits nothing reports the last voxel inside the grid and its exit distance.

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from flashocc_ros.checkpoint import CheckpointError, load_checkpoint, save_clean_checkpoint
+    from flashocc_ros.network.checkpoint import CheckpointError, load_checkpoint, save_clean_checkpoint
 
     try:
         if args.output.resolve() == args.input.resolve():

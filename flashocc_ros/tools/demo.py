@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from flashocc_ros.config import CLASS_NAMES, DEFAULT_VARIANT, VARIANTS, CameraConfig, get_variant
-from flashocc_ros.launch_support import fastdds_profile, node_command, share_dir
+from flashocc_ros.ros.launch_support import fastdds_profile, node_command, share_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNTRAINED_WARNING = (
@@ -197,7 +197,7 @@ def wait_for_file_growth(path: Path, proc: subprocess.Popen, marker: str, timeou
 
 def run_pipeline(args, bag: Path, checkpoint: str, out: Path, steps: Steps) -> Path:
     """Node + recorder + player over real DDS; returns the recorded bag."""
-    from flashocc_ros import bagio
+    from flashocc_ros.dataset import bagio
 
     env = ros_environment(out)
     recorded = out / "recorded"
@@ -251,7 +251,7 @@ def run_pipeline(args, bag: Path, checkpoint: str, out: Path, steps: Steps) -> P
 
 
 def bag_keyframe_period(bag: Path) -> float:
-    from flashocc_ros import bagio
+    from flashocc_ros.dataset import bagio
 
     stamps = sorted(bagio.stamp_ns(m.msg.header) for m in bagio.iter_messages(bag, [bagio.SAMPLE_TOPIC]))
     return float(np.median(np.diff(stamps))) / 1e9 if len(stamps) > 1 else 0.5
@@ -269,7 +269,7 @@ def evaluate(recorded: Path, bag: Path, dataroot: Path, version: str, gts: Path,
 
 
 def render(recorded: Path, bag: Path, gts: Path, out: Path) -> list[Path]:
-    from flashocc_ros.evaluation import index_ground_truth, load_ground_truth
+    from flashocc_ros.metrics.evaluation import index_ground_truth, load_ground_truth
     from flashocc_ros.tools.evaluate import bag_predictions
     from flashocc_ros.viz import render_comparison
 
@@ -295,7 +295,7 @@ def render(recorded: Path, bag: Path, gts: Path, out: Path) -> list[Path]:
 
 
 def timing_summary(recorded: Path) -> dict:
-    from flashocc_ros import bagio
+    from flashocc_ros.dataset import bagio
 
     rows = [m.msg for m in bagio.iter_messages(recorded, [bagio.TIMING_TOPIC])]
     summary: dict = {"frames": len(rows)}

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from flashocc_ros import evaluation as ev
 from flashocc_ros.config import KEY_CAMERA
+from flashocc_ros.metrics import evaluation as ev
 from flashocc_ros.metrics.miou import MASK_MODES
 
 CHOICES = ("miou", "rayiou", "raypq", "all")
@@ -75,7 +75,8 @@ def bag_predictions(
     without it, from the /nuscenes/sample messages recorded in ``pred_bag``. Returns ({token: message index},
     an iterator of (token, Prediction) in bag order, the topic used, whether it carries instance ids).
     """
-    from flashocc_ros import bagio, ros_convert
+    from flashocc_ros.dataset import bagio
+    from flashocc_ros.ros import messages as ros_convert
 
     counts = bagio.topic_counts(pred_bag)
     if topic is None:

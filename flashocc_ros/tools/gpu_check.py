@@ -9,10 +9,10 @@ section per check, each with ``ok`` and its figures. With ``--device cpu`` every
 that need a GPU are written as ``{"skipped": "<reason>"}``; ``ok`` then judges only what ran.
 
 * ``parity``: each variant, fp32, against ``test/data/golden/<variant>_seed0.npz``: labels follow the label
-  near-tie rule of ``flashocc_ros.parity`` (the tests' rule: differing only where the run's own top-2 logit margin
-  is < 1e-3 + 2 x the probe tolerance, the official label among its near-best, at most ``occ_margin_lt_1e-3`` of
-  them); probe logits within 1e-4 x their std (the rule of test/test_model.py). On CUDA also fp16 (autocast)
-  label agreement with fp32 (goal >= 99.9 %).
+  near-tie rule of ``flashocc_ros.metrics.parity`` (the tests' rule: differing only where the run's own top-2
+  logit margin is < 1e-3 + 2 x the probe tolerance, the official label among its near-best, at most
+  ``occ_margin_lt_1e-3`` of them); probe logits within 1e-4 x their std (the rule of test/network/test_model.py).
+  On CUDA also fp16 (autocast) label agreement with fp32 (goal >= 99.9 %).
 * ``panoptic``: centre decoding + instance assignment (both ``pano_mode`` values) of the panoptic variants on the
   device vs the CPU on the same network outputs: same partition (identical panoptic grid), same centres; median
   time on the device (goal < 1 ms for the tiny variant on a GPU).
@@ -116,8 +116,8 @@ class Check:
         key = (variant.name, precision, with_logits)
         if key not in self._pipes:
             from flashocc_ros.config import load_config
-            from flashocc_ros.geometry import reference_rig
-            from flashocc_ros.pipeline import OccupancyPipeline
+            from flashocc_ros.inference.pipeline import OccupancyPipeline
+            from flashocc_ros.network.geometry import reference_rig
 
             model = {
                 "variant": variant.name,
@@ -159,8 +159,8 @@ def section_environment(chk: Check | None, device: str) -> dict:
 
     import torch
 
-    from flashocc_ros.gpu_preprocess import torchvision_decoder
-    from flashocc_ros.preprocess import simplejpeg_available
+    from flashocc_ros.network.gpu_preprocess import torchvision_decoder
+    from flashocc_ros.network.preprocess import simplejpeg_available
 
     tv_ok, tv_why = torchvision_decoder()
     env: dict = {
@@ -202,13 +202,14 @@ def section_environment(chk: Check | None, device: str) -> dict:
 
 def section_parity(chk: Check) -> dict:
     from flashocc_ros.backends import CENTER_OUTPUTS, OCC_LABELS, OCC_LOGITS
-    from flashocc_ros.parity import label_parity
-    from flashocc_ros.weights import deterministic_images
+    from flashocc_ros.metrics.parity import label_parity
+    from flashocc_ros.network.weights import deterministic_images
 
     images = deterministic_images(0)[0]
-    out: dict = {"precision": "fp32", "rule": "flashocc_ros.parity: labels differ only where the top-2 margin (own "
-                 "logits) < 1e-3 + 2 x the probe tolerance and the official label is among the near-best, at most "
-                 "occ_margin_lt_1e-3 of them; probe logits within 1e-4 x std", "variants": {}}  # fmt: skip
+    out: dict = {"precision": "fp32", "rule": "flashocc_ros.metrics.parity: labels differ only where the top-2 "
+                 "margin (own logits) < 1e-3 + 2 x the probe tolerance and the official label is among the "
+                 "near-best, at most occ_margin_lt_1e-3 of them; probe logits within 1e-4 x std",
+                 "variants": {}}  # fmt: skip
     ok = True
     for v in chk.variants:
         golden_file = chk.golden_dir / f"{v.name}_seed0.npz"
@@ -261,8 +262,8 @@ def section_parity(chk: Check) -> dict:
 def _postprocess(heat, reg, height, semantic, mode: str, device, score_threshold: float):
     import torch
 
-    from flashocc_ros.centers import decode_centers
-    from flashocc_ros.panoptic import assign_instances
+    from flashocc_ros.network.centers import decode_centers
+    from flashocc_ros.network.panoptic import assign_instances
 
     def t(a):
         return torch.from_numpy(a).to(device)
@@ -283,7 +284,7 @@ def section_panoptic(chk: Check) -> dict:
     ok = True
     for v in panoptic:
         if v.name not in chk.fp32_outputs:  # parity did not run it (e.g. missing golden file)
-            from flashocc_ros.weights import deterministic_images
+            from flashocc_ros.network.weights import deterministic_images
 
             chk.pipeline(v, "fp32", with_logits=True).run(deterministic_images(0)[0])
             outputs = chk.pipeline(v, "fp32", with_logits=True).runner.outputs
@@ -347,8 +348,8 @@ def _timed(fn, chk: Check, repeats: int) -> list[float]:
 def section_decode(chk: Check) -> dict:
     import torch
 
-    from flashocc_ros.gpu_preprocess import deviation_stats, jpegs_into
-    from flashocc_ros.preprocess import BatchPreprocessor, preprocess_jpeg_exact
+    from flashocc_ros.network.gpu_preprocess import deviation_stats, jpegs_into
+    from flashocc_ros.network.preprocess import BatchPreprocessor, preprocess_jpeg_exact
 
     jpegs = synthetic_jpegs()
     exact = np.stack([preprocess_jpeg_exact(j) for j in jpegs])

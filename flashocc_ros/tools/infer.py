@@ -78,8 +78,8 @@ def _batched(name: str, arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def load_inputs(path: Path) -> SampleInputs:
     """Read and validate IN.npz (see the module docstring)."""
-    from flashocc_ros.geometry import RigCalibration
-    from flashocc_ros.preprocess import augmentation_for
+    from flashocc_ros.network.geometry import RigCalibration
+    from flashocc_ros.network.preprocess import augmentation_for
 
     try:
         npz = np.load(path, allow_pickle=False)
@@ -169,7 +169,7 @@ def _config(args):
         if value is not None:
             model[key] = value
     if args.variant is None and args.checkpoint:
-        from flashocc_ros.checkpoint import load_checkpoint
+        from flashocc_ros.network.checkpoint import load_checkpoint
 
         model["variant"] = load_checkpoint(args.checkpoint)[1]
     return load_config(args.config, {"model": model})
@@ -182,7 +182,7 @@ def _runner(cfg, seed: int, with_logits: bool):
         return None
     from flashocc_ros.backends import resolve_device
     from flashocc_ros.backends.torch_runner import TorchRunner
-    from flashocc_ros.weights import deterministic_state_dict
+    from flashocc_ros.network.weights import deterministic_state_dict
 
     if cfg.model.backend not in ("auto", "pytorch"):
         raise InputError(f"--seed {seed}: deterministic weights of other seeds run on the pytorch backend only")
@@ -192,7 +192,7 @@ def _runner(cfg, seed: int, with_logits: bool):
 
 def infer(cfg, sample: SampleInputs, seed: int = 0, with_logits: bool = False, log=print) -> dict[str, np.ndarray]:
     """One sample through OccupancyPipeline -> the OUT.npz arrays."""
-    from flashocc_ros.pipeline import OccupancyPipeline
+    from flashocc_ros.inference.pipeline import OccupancyPipeline
 
     runner = _runner(cfg, seed, with_logits)
     with OccupancyPipeline(cfg, runner=runner, with_logits=with_logits, log=log) as pipe:
@@ -248,8 +248,8 @@ def infer_temporal(cfg, inputs: dict, seed: int = 0, with_logits: bool = False) 
     """All frames of one sample through TemporalPipeline.run_frames -> the OUT.npz arrays."""
     from flashocc_ros.backends import resolve_device
     from flashocc_ros.backends.torch_runner import torch_device
-    from flashocc_ros.loading import load_model
-    from flashocc_ros.temporal import TemporalPipeline
+    from flashocc_ros.inference.temporal import TemporalPipeline
+    from flashocc_ros.network.loading import load_model
 
     device = torch_device(resolve_device(cfg.model, "pytorch"))
     model = load_model(cfg.variant.name, cfg.model.checkpoint or None, device, seed=seed)
@@ -263,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from flashocc_ros.backends import BackendError
-        from flashocc_ros.checkpoint import CheckpointError
         from flashocc_ros.config import ConfigError
-        from flashocc_ros.pipeline import PipelineError
+        from flashocc_ros.inference.pipeline import PipelineError
+        from flashocc_ros.network.checkpoint import CheckpointError
 
         if args.threads > 0:
             torch.set_num_threads(args.threads)

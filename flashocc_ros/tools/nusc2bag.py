@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from flashocc_ros import bagio
+from flashocc_ros.dataset import bagio
 from flashocc_ros.dataset.nusc2bag import ConversionError, ConvertOptions, SceneResult, convert
 
 

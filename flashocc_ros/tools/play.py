@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from flashocc_ros import bagio
+from flashocc_ros.dataset import bagio
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flashocc_ros import evaluation as ev
 from flashocc_ros.config import BACKENDS, CAMERA_NAMES, IMAGE_AUG, PRECISIONS, ConfigError, load_config
+from flashocc_ros.metrics import evaluation as ev
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +76,7 @@ def sample_inputs(nusc, sample_token: str):
     from nuscenes.utils.geometry_utils import transform_matrix
     from pyquaternion import Quaternion
 
-    from flashocc_ros.geometry import RigCalibration
+    from flashocc_ros.network.geometry import RigCalibration
 
     sample = nusc.get("sample", sample_token)
     jpegs, intrinsics, sensor2ego, ego2global, hw = [], [], [], [], None
@@ -112,7 +112,7 @@ def official_adjacent(scene_tokens: Sequence[str], index: int, count: int) -> li
 
 def camera_inputs(jpegs: Sequence[bytes], calib, token: str, exact: bool) -> np.ndarray:
     """(6, 3, 256, 704) float32 network input of a keyframe's JPEGs (exact: Pillow + official resize/crop)."""
-    from flashocc_ros.preprocess import jpeg_size, preprocess_jpeg, preprocess_jpeg_exact
+    from flashocc_ros.network.preprocess import jpeg_size, preprocess_jpeg, preprocess_jpeg_exact
 
     out = np.empty((len(CAMERA_NAMES), 3, *IMAGE_AUG.input_hw), dtype=np.float32)
     for n, data in enumerate(jpegs):
@@ -133,7 +133,7 @@ def predict_temporal(cfg, nusc, tokens: list[str], todo: set[str], out: Path, ex
     history (``official_adjacent``), encoding each keyframe that is predicted or is history of one exactly once."""
     from tqdm import tqdm
 
-    from flashocc_ros.temporal import TemporalPipeline
+    from flashocc_ros.inference.temporal import TemporalPipeline
 
     pipe = TemporalPipeline(cfg)
     slots = cfg.variant.num_frames - 1
@@ -167,7 +167,7 @@ def predict_temporal(cfg, nusc, tokens: list[str], todo: set[str], out: Path, ex
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from flashocc_ros.pipeline import OccupancyPipeline
+    from flashocc_ros.inference.pipeline import OccupancyPipeline
 
     cfg = load_config(args.config, _model_overrides(args))
     nusc = ev.load_nuscenes(args.dataroot, args.version)
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flashocc_ros.pipeline import PipelineError
+    from flashocc_ros.inference.pipeline import PipelineError
 
     args = build_parser().parse_args(argv)
     try:

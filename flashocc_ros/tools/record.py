@@ -24,8 +24,8 @@ from pathlib import Path
 
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
-from flashocc_ros import bagio
 from flashocc_ros.atomic import process_alive
+from flashocc_ros.dataset import bagio
 from flashocc_ros.tools.play import message_class
 
 PARTIAL_PREFIX = ".partial-"

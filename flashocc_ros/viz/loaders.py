@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flashocc_ros import grids, ros_convert
+from flashocc_ros import grids
 from flashocc_ros.config import CAMERA_NAMES, OCC_GRID
 from flashocc_ros.dataset.devkit import load_nuscenes
+from flashocc_ros.ros import messages as ros_convert
 
 PRED_KEY, INST_KEY = "pred", "inst"
 GT_KEY, GT_INST_KEY = "semantics", "instances"
@@ -238,7 +239,7 @@ class NuScenesImages:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Bags (read through flashocc_ros.bagio: the rosbags typestore with our messages)
+# Bags (read through flashocc_ros.dataset.bagio: the rosbags typestore with our messages)
 # ----------------------------------------------------------------------------------------------------------------
 
 SAME_FRAME_NS = 100_000_000  # stamps within 100 ms belong to the same keyframe (cameras of a sweep span ~50 ms)
@@ -246,9 +247,9 @@ SAME_FRAME_NS = 100_000_000  # stamps within 100 ms belong to the same keyframe 
 
 def _bagio():
     try:
-        from flashocc_ros import bagio
+        from flashocc_ros.dataset import bagio
     except ImportError as exc:  # pragma: no cover - bagio is part of the package
-        raise OccupancyFileError(f"reading bags needs flashocc_ros.bagio ({exc})") from None
+        raise OccupancyFileError(f"reading bags needs flashocc_ros.dataset.bagio ({exc})") from None
     return bagio
 
 

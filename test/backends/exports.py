@@ -26,7 +26,7 @@ def export_dir() -> Path:
 
 @functools.cache
 def state_dict(short: str):
-    from flashocc_ros.weights import deterministic_state_dict
+    from flashocc_ros.network.weights import deterministic_state_dict
 
     return deterministic_state_dict(get_variant(short).name, 0)
 
@@ -48,14 +48,14 @@ def exported_onnx(short: str):
 
 @functools.cache
 def reference_geometry(short: str):
-    from flashocc_ros.geometry import prepare_geometry, reference_rig
+    from flashocc_ros.network.geometry import prepare_geometry, reference_rig
 
     return prepare_geometry(get_variant(short), reference_rig())
 
 
 @functools.cache
 def golden_images() -> np.ndarray:
-    from flashocc_ros.weights import deterministic_images
+    from flashocc_ros.network.weights import deterministic_images
 
     return deterministic_images(0)[0]
 

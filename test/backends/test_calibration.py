@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from flashocc_ros import bagio
 from flashocc_ros.backends.calibration import BagSource, CalibrationError, ImageDirectorySource, make_source
 from flashocc_ros.config import CAMERA_NAMES
+from flashocc_ros.dataset import bagio
 
 
 def jpeg(seed: int) -> bytes:
@@ -138,7 +138,9 @@ def test_the_calibrator_imports_no_runner_and_no_pipeline():
 
     deps = import_graph()["flashocc_ros.backends.calibration"]
     runners = {f"flashocc_ros.backends.{m}" for m in ("torch_runner", "ort_runner", "tensorrt_runner")}
-    assert not deps & (runners | {"flashocc_ros.pipeline", "flashocc_ros.backends", "flashocc_ros.temporal"})
+    assert not deps & (
+        runners | {"flashocc_ros.inference.pipeline", "flashocc_ros.backends", "flashocc_ros.inference.temporal"}
+    )
     for runner in runners:  # and runners only run: they neither export, build nor calibrate
         assert not import_graph()[runner] & {
             "flashocc_ros.backends.onnx_export",

@@ -31,8 +31,8 @@ from flashocc_ros.backends.onnx_export4d import (
 )
 from flashocc_ros.backends.pooling import POOL_INPUTS, gather_pool, pool_tables_from_indices
 from flashocc_ros.config import get_variant
-from flashocc_ros.geometry import bev_pool, make_frustum
-from flashocc_ros.model4d import curr_to_adj_sensor, split_inputs, temporal_geometry
+from flashocc_ros.network.geometry import bev_pool, make_frustum
+from flashocc_ros.network.model4d import curr_to_adj_sensor, split_inputs, temporal_geometry
 from test.backends.exports import exported_temporal
 from test.model4d_helpers import golden4d, seed0_inputs_4d
 from test.reference.near_ties import check_centers, check_labels, check_panoptic
@@ -80,8 +80,8 @@ def run_exported(short: str) -> dict[str, np.ndarray]:
 
 
 def check_official(short: str, out: dict[str, np.ndarray]) -> None:
-    from flashocc_ros.centers import decode_centers
-    from flashocc_ros.panoptic import assign_instances
+    from flashocc_ros.network.centers import decode_centers
+    from flashocc_ros.network.panoptic import assign_instances
 
     v = get_variant(short)
     g = golden4d(v.name)
@@ -212,7 +212,7 @@ def test_slot_concatenated_pool_tables_pool_every_slot_like_bev_pool():
 def test_stereo_cost_volume_in_graph_form_equals_the_model():
     """The fusion graph's stereo grid (inverses as inputs, torch.where) and cost volume (out-of-place) against
     model4d's on the golden geometry: same values (the 4D-stereo parity of model4d is tested in test_model4d)."""
-    from flashocc_ros.model4d import stereo_cost_volume, stereo_grid
+    from flashocc_ros.network.model4d import stereo_cost_volume, stereo_grid
 
     v = get_variant("M2")
     frames = split_inputs(seed0_inputs_4d(3), 3)

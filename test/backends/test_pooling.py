@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flashocc_ros.backends.pooling import SLOT_WIDTH, gather_pool, pool_tables_from_indices
-from flashocc_ros.geometry import PoolIndices, bev_pool
+from flashocc_ros.network.geometry import PoolIndices, bev_pool
 from test.backends.exports import reference_geometry
 
 

@@ -79,7 +79,7 @@ def test_pytorch_fp16_on_cpu_is_refused():
 @pytest.mark.parametrize("short", ["M0", "M1", "PT", "PF"])
 def test_build_profile_admits_the_nuscenes_rig_and_any_smaller_one(short):
     from flashocc_ros.backends.pooling import pool_tables_from_indices
-    from flashocc_ros.geometry import prepare_geometry, reference_rig
+    from flashocc_ros.network.geometry import prepare_geometry, reference_rig
 
     v = get_variant(short)
     prof = BuildOptions().profile(v)
@@ -97,8 +97,8 @@ def test_build_profile_admits_the_nuscenes_rig_and_any_smaller_one(short):
 @pytest.mark.skipif(not (HAS_GPU and HAS_TRT), reason=GPU_REASON)
 def test_tensorrt_fp16_engine_agrees_with_pytorch(tmp_path):  # pragma: no cover - needs a GPU
     from flashocc_ros.backends.torch_runner import TorchRunner
-    from flashocc_ros.geometry import prepare_geometry, reference_rig
-    from flashocc_ros.weights import deterministic_images, deterministic_state_dict
+    from flashocc_ros.network.geometry import prepare_geometry, reference_rig
+    from flashocc_ros.network.weights import deterministic_images, deterministic_state_dict
 
     cfg = ModelConfig(variant="flashocc-r50-M0", backend="tensorrt", device="cuda", precision="fp16")
     cfg.engine_cache_dir = str(tmp_path)

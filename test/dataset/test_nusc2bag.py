@@ -10,10 +10,11 @@ from nuscenes.nuscenes import NuScenes
 from nuscenes.utils.geometry_utils import transform_matrix
 from pyquaternion import Quaternion
 
-from flashocc_ros import bagio, ros_convert
 from flashocc_ros.config import CAMERA_NAMES, CLASS_NAMES, FREE_INDEX, OCC_GRID
+from flashocc_ros.dataset import bagio
 from flashocc_ros.dataset.nusc2bag import PARTIAL_PREFIX, ConversionError, ConvertOptions, convert
 from flashocc_ros.dataset.synthetic import make_synthetic_nuscenes
+from flashocc_ros.ros import messages as ros_convert
 from flashocc_ros.tools import nusc2bag as cli
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from flashocc_ros.geometry import reference_rig
-from flashocc_ros.preprocess import augmentation_for
+from flashocc_ros.network.geometry import reference_rig
+from flashocc_ros.network.preprocess import augmentation_for
 
 FRAME_DT = 0.5
 IMAGE_SALT = 0x1A6E5

@@ -6,7 +6,7 @@ logits move. Only decisions that are numeric ties may change with them:
 * **labels**: argmax over 18 logits. A voxel may differ only where the top-2 logit gap is below
   ``LABEL_MARGIN`` (1e-3, the golden data's ``occ_margin_lt_1e-3``) widened by the logit deviation the backend is
   allowed (both logits may move by that much), and never more voxels than the official count of such near-ties.
-  This rule is written once in ``flashocc_ros.parity`` (the device check ``tools/gpu_check.py`` applies it too);
+  This rule is written once in ``flashocc_ros.metrics.parity`` (the device check ``tools/gpu_check.py`` applies it too);
   ``check_labels`` asserts it.
 * **centres**: sigmoid -> 3x3 max-pool peak test -> per-class / overall top-500 -> ``score > 0.3``. A centre may
   be in one answer only if one of these comparisons was a near-tie for it: its score within ``SCORE_EPS`` of the
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flashocc_ros.parity import LABEL_MARGIN, label_parity, top2_margin  # noqa: F401 (the tests import them here)
+from flashocc_ros.metrics.parity import LABEL_MARGIN, label_parity, top2_margin  # noqa: F401 (the tests import them here)
 
 SCORE_EPS = 1e-5
 SCORE_THRESHOLD = 0.3

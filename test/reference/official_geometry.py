@@ -1,13 +1,21 @@
 """The official BEVDet/FlashOcc geometry, restated in its literal operation order (broadcast batched torch
 ``matmul`` per frustum point, ``torch.inverse`` on 3x3, truncating ``.long()``, stable argsort), as in
 ``view_transformer.get_ego_coor`` and ``voxel_pooling_prepare_v2``. Slow; it is the reference that the vectorised
-``flashocc_ros.geometry.compute_pool_indices`` is tested and benchmarked against."""
+``flashocc_ros.network.geometry.compute_pool_indices`` is tested and benchmarked against."""
 
 from __future__ import annotations
 
 import torch
 
-from flashocc_ros.geometry import BEV_INTERVAL, BEV_LOWER, BEV_SIZE, NUM_CAMERAS, PoolIndices, _f32, make_frustum
+from flashocc_ros.network.geometry import (
+    BEV_INTERVAL,
+    BEV_LOWER,
+    BEV_SIZE,
+    NUM_CAMERAS,
+    PoolIndices,
+    _f32,
+    make_frustum,
+)
 
 
 def frustum_to_ego_reference(variant, sensor2keyego, intrinsics, post_rot, post_tran, bda=None) -> torch.Tensor:

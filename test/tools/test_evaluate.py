@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from flashocc_ros import bagio
-from flashocc_ros import evaluation as ev
 from flashocc_ros.config import FREE_INDEX, KEY_CAMERA
+from flashocc_ros.dataset import bagio
+from flashocc_ros.metrics import evaluation as ev
 from flashocc_ros.tools.evaluate import main
 
 CAR = 4

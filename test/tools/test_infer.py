@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from flashocc_ros.config import load_config
+from flashocc_ros.network.weights import deterministic_state_dict
 from flashocc_ros.tools import infer
-from flashocc_ros.weights import deterministic_state_dict
 from test.model_helpers import GOLDEN, golden, seed0_inputs
 from test.reference.near_ties import check_centers, check_labels, check_panoptic
 from test.reference.raw_images import raw_images

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-import flashocc_ros.loading
+import flashocc_ros.network.loading
 from flashocc_ros.tools import infer
 from test.model4d_helpers import P2, all_at_once, golden4d, seed0_inputs_4d, seed0_model_4d
 from test.reference.near_ties import check_centers, check_labels, check_panoptic
@@ -18,7 +18,7 @@ def test_multi_frame_inputs_give_the_official_answer(tmp_path, monkeypatch):
     path = tmp_path / "in.npz"
     np.savez(path, **{k: v for k, v in seed0_inputs_4d(2).items() if k != "frame_times"})
     # serve the session's seed-0 model instead of building another (same weights; saves a model build)
-    monkeypatch.setattr(flashocc_ros.loading, "load_model", lambda variant, *a, **k: seed0_model_4d(variant))
+    monkeypatch.setattr(flashocc_ros.network.loading, "load_model", lambda variant, *a, **k: seed0_model_4d(variant))
     out = tmp_path / "out.npz"
     argv = ["--variant", "P2", "--inputs", str(path), "--out", str(out), "--device", "cpu", "--save-logits"]
     assert infer.main([*argv, "--pano-mode", "official"]) == 0

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flashocc_ros import bagio
+from flashocc_ros.dataset import bagio
 from flashocc_ros.dataset.nusc2bag import ConvertOptions, convert
 from flashocc_ros.tools.play import schedule
 

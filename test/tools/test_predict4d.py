@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import flashocc_ros.loading
-from flashocc_ros import evaluation as ev
+import flashocc_ros.network.loading
 from flashocc_ros.config import CAMERA_NAMES, load_config
+from flashocc_ros.metrics import evaluation as ev
 from flashocc_ros.tools.predict import main as predict
 from flashocc_ros.tools.predict import official_adjacent
 from test.model4d_helpers import P2, seed0_model_4d
@@ -42,7 +42,7 @@ def _official_inputs(nusc, dataroot: Path, token: str) -> dict[str, np.ndarray]:
     from nuscenes.utils.geometry_utils import transform_matrix
     from pyquaternion import Quaternion
 
-    from flashocc_ros.preprocess import augmentation_for, preprocess_jpeg_exact
+    from flashocc_ros.network.preprocess import augmentation_for, preprocess_jpeg_exact
 
     prev = nusc.get("sample", token)["prev"]
     frames = [token, prev or token]
@@ -76,14 +76,14 @@ def _official_inputs(nusc, dataroot: Path, token: str) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 def test_temporal_predictions_stream_by_scene_and_equal_all_frames_at_once(tmp_path, monkeypatch, capsys):
     from flashocc_ros.dataset.synthetic import make_synthetic_nuscenes
-    from flashocc_ros.temporal import TemporalPipeline
+    from flashocc_ros.inference.temporal import TemporalPipeline
 
     ds = make_synthetic_nuscenes(
         tmp_path / "nusc", num_scenes=2, samples_per_scene=2, camera_sweeps=False, lidar=False, occ3d_gts=False
     )
     (a0, a1), (b0, _) = (ds.samples_by_scene[name] for name in ds.scene_names)
     model = seed0_model_4d(P2)
-    monkeypatch.setattr(flashocc_ros.loading, "load_model", lambda variant, *a, **k: seed0_model_4d(variant))
+    monkeypatch.setattr(flashocc_ros.network.loading, "load_model", lambda variant, *a, **k: seed0_model_4d(variant))
     encoded = []
     encode = model.encode_frame
     monkeypatch.setattr(model, "encode_frame", lambda img: encoded.append(img.shape) or encode(img))

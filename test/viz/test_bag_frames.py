@@ -1,4 +1,4 @@
-"""Occupancy frames and camera images from bags (written here with flashocc_ros.bagio)."""
+"""Occupancy frames and camera images from bags (written here with flashocc_ros.dataset.bagio)."""
 
 import io
 
@@ -9,7 +9,7 @@ from PIL import Image
 from flashocc_ros.config import CAMERA_NAMES, FREE_INDEX, OCC_GRID
 from flashocc_ros.viz.loaders import OccupancyFileError, OccupancySequence, pair_frames
 
-bagio = pytest.importorskip("flashocc_ros.bagio")
+bagio = pytest.importorskip("flashocc_ros.dataset.bagio")
 
 T0 = 1_533_151_603_547_590_000
 STAMPS = [T0, T0 + 500_000_000]
