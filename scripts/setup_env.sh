@@ -44,6 +44,7 @@ if [ "$(cat "$VENV/.msg_stamp" 2>/dev/null)" != "$MSG_STAMP" ]; then
   export AMENT_PREFIX_PATH="$VENV"
   build_pkg() {  # build_pkg <src> <build dir> [extra cmake args...]
     local src="$1" bld="$2"; shift 2
+    rm -rf "$bld"  # a cache from another checkout path (a moved or re-cloned repository) would make cmake refuse
     cmake -S "$src" -B "$bld" -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_PREFIX_PATH="$VENV" \
       -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF "$@" > "$bld.log" 2>&1 \
       && cmake --build "$bld" -j2 >> "$bld.log" 2>&1 && cmake --install "$bld" >> "$bld.log" 2>&1 \

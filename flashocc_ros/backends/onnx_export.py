@@ -49,15 +49,20 @@ class ExportGraph(nn.Module):
         feat = m.image_features(img)
         _, depth, context = m.depth_and_context(feat, mlp_input if self.needs_mlp else None)
         bev = gather_pool(depth, context, depth_index, feat_index, cell_rows, bev_cell).contiguous()
-        bev_enc = m.bev_encoder(bev)
-        logits = m.occ_head(bev_enc)
-        outs = [logits.argmax(-1).to(torch.int32)]
-        if self.with_logits:
-            outs.append(logits)
-        if self.panoptic:
-            maps = m.aux_centerness_head(bev_enc)
-            outs += [maps["heatmap"], maps["reg"], maps["height"]]
-        return tuple(outs)
+        return head_outputs(m, bev, self.with_logits, self.panoptic)
+
+
+def head_outputs(model, bev: torch.Tensor, with_logits: bool, panoptic: bool) -> tuple:
+    """BEV encoder + heads -> the graph outputs in ``output_names`` order (labels, [logits], [centre maps])."""
+    bev_enc = model.bev_encoder(bev)
+    logits = model.occ_head(bev_enc)
+    outs = [logits.argmax(-1).to(torch.int32)]
+    if with_logits:
+        outs.append(logits)
+    if panoptic:
+        maps = model.aux_centerness_head(bev_enc)
+        outs += [maps["heatmap"], maps["reg"], maps["height"]]
+    return tuple(outs)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from flashocc_ros.atomic import atomic_write_bytes, atomic_write_text
 from flashocc_ros.backends.base import IMAGE_INPUT, IMAGE_SHAPE, MLP_INPUT, BackendError
 from flashocc_ros.backends.onnx_export import (
     OPSET,
+    head_outputs,
     output_names,
     trace_to_proto,
     validate_standard_proto,
@@ -237,15 +238,7 @@ class FusionGraph(nn.Module):
         if self.stereo:
             pre = torch.flip(pre, dims=[0])  # BEVStereo4D fuses oldest first: [prev1, cur]
         fused = pre.reshape(1, -1, *pre.shape[2:])  # channel concatenation of the slots
-        bev_enc = m.bev_encoder(fused)
-        logits = m.occ_head(bev_enc)
-        outs = [logits.argmax(-1).to(torch.int32)]
-        if self.with_logits:
-            outs.append(logits)
-        if self.panoptic:
-            maps = m.aux_centerness_head(bev_enc)
-            outs += [maps["heatmap"], maps["reg"], maps["height"]]
-        return tuple(outs)
+        return head_outputs(m, fused, self.with_logits, self.panoptic)
 
 
 # -- host-side inputs ---------------------------------------------------------------------------------------------
