@@ -318,17 +318,9 @@ class FlashOccNode(Node):
     def _process(self, s: CameraSet, compensate: bool = True) -> None:
         t_start = time.perf_counter()
         compressed = self.cfg.cameras.transport == "compressed"
-        inputs, headers = [], []
-        for cam, frame in zip(self.cameras, s.frames):
-            msg = frame.payload
-            if compressed:
-                data = convert.compressed_jpeg_bytes(msg, cam.image_topic)
-                width, height = convert.jpeg_size(data, cam.image_topic)
-                inputs.append(data)
-            else:
-                inputs.append(convert.image_to_rgb(msg, cam.image_topic))
-                width, height = int(msg.width), int(msg.height)
-            headers.append(ImageHeader(width, height, msg.header.frame_id, frame.stamp_ns))
+        msgs, image_topics = [f.payload for f in s.frames], [cam.image_topic for cam in self.cameras]
+        inputs, sizes = convert.image_inputs(msgs, image_topics, compressed)
+        headers = [ImageHeader(w, h, m.header.frame_id, f.stamp_ns) for (w, h), m, f in zip(sizes, msgs, s.frames)]
         calib = self.rig.calibration(headers, compensate)
         if calib.ego2global is None:
             self.counters.add("sets_uncompensated")
@@ -337,16 +329,7 @@ class FlashOccNode(Node):
             run = partial(run, calib=calib, stamp=s.stamp_ns * 1e-9)
         else:
             self._apply_calibration(calib)
-        if compressed:
-            try:
-                result = run(inputs)
-            except Exception as exc:
-                corrupt = convert.find_corrupt_jpeg(inputs, [cam.image_topic for cam in self.cameras])
-                if corrupt is None:
-                    raise
-                raise corrupt from exc
-        else:
-            result = run(inputs)
+        result = convert.run_on_jpegs(run, inputs, image_topics) if compressed else run(inputs)
         self._publish(s, result, t_start)
 
     def _apply_calibration(self, calib) -> None:

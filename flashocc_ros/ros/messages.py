@@ -242,6 +242,32 @@ def compressed_jpeg_bytes(msg: Any, topic: str = "image") -> bytes:
     return raw
 
 
+def image_inputs(msgs: list[Any], topics: list[str], compressed: bool) -> tuple[list, list[tuple[int, int]]]:
+    """A camera set's images as pipeline inputs (JPEG bytes, or RGB views of raw images) and their (width, height)
+    (JPEG: from the header, without decoding); BadInput naming the topic of the first bad one."""
+    inputs, sizes = [], []
+    for msg, topic in zip(msgs, topics):
+        if compressed:
+            data = compressed_jpeg_bytes(msg, topic)
+            sizes.append(jpeg_size(data, topic))
+            inputs.append(data)
+        else:
+            inputs.append(image_to_rgb(msg, topic))
+            sizes.append((int(msg.width), int(msg.height)))
+    return inputs, sizes
+
+
+def run_on_jpegs(run, jpegs: list[bytes], topics: list[str]):
+    """``run(jpegs)``; when it fails, BadInput naming the first JPEG that does not decode (else the error itself)."""
+    try:
+        return run(jpegs)
+    except Exception as exc:
+        corrupt = find_corrupt_jpeg(jpegs, topics)
+        if corrupt is None:
+            raise
+        raise corrupt from exc
+
+
 def find_corrupt_jpeg(jpegs: list[bytes], topics: list[str]) -> BadInput | None:
     """BadInput naming the first of `jpegs` (received on `topics`) that does not decode, or None."""
     import simplejpeg

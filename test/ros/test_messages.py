@@ -275,3 +275,34 @@ def test_both_message_flavours_serialize_to_the_same_cdr_bytes():
     empty = points[:0]
     cloud = codec.pointcloud_fields(empty, make.header(stamp, "base_link"), OCCUPANCY_POINT_DTYPE)
     same(pointcloud2_msg(empty, header), codec.build_rosbags(store, bagio.POINT_CLOUD2, cloud), bagio.POINT_CLOUD2)
+
+
+def test_image_inputs_and_run_on_jpegs_name_the_bad_topic():
+    import simplejpeg
+
+    from flashocc_ros.ros.messages import image_inputs, run_on_jpegs
+
+    rgb = np.zeros((90, 160, 3), np.uint8)
+    jpeg = simplejpeg.encode_jpeg(rgb, colorspace="RGB")
+    good = NS(format="jpeg", data=jpeg)
+    inputs, sizes = image_inputs([good, good], ["/a", "/b"], compressed=True)
+    assert inputs == [jpeg, jpeg] and sizes == [(160, 90), (160, 90)]
+    raw = NS(encoding="rgb8", width=160, height=90, step=480, data=rgb.tobytes(), is_bigendian=0)
+    inputs, sizes = image_inputs([raw], ["/a"], compressed=False)
+    assert sizes == [(160, 90)] and inputs[0].shape == (90, 160, 3)
+    with pytest.raises(BadInput, match="/b"):
+        image_inputs([good, NS(format="png", data=b"x")], ["/a", "/b"], compressed=True)
+    broken = jpeg[: len(jpeg) // 3]  # header intact, entropy data cut
+
+    def run(jpegs):
+        for j in jpegs:
+            simplejpeg.decode_jpeg(j)
+
+    with pytest.raises(BadInput, match="/b"):
+        run_on_jpegs(run, [jpeg, broken], ["/a", "/b"])
+
+    def failing(jpegs):
+        raise RuntimeError("network failed")
+
+    with pytest.raises(RuntimeError, match="network failed"):  # all JPEGs decode: the error itself
+        run_on_jpegs(failing, [jpeg, jpeg], ["/a", "/b"])
