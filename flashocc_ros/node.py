@@ -27,6 +27,7 @@ import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
@@ -161,13 +162,14 @@ class FlashOccNode(Node):
     def _setup_io(self) -> None:
         sensor = sensor_qos(int(self._node_params["qos.input_depth"]))
         msg_type = CompressedImage if self.cfg.cameras.transport == "compressed" else Image
+        # ROS 2 per-topic QoS overrides: -p qos_overrides./CAM_FRONT/image.subscription.reliability:=reliable
+        overrides = QoSOverridingOptions.with_default_policies()
+        subscribe = partial(self.create_subscription, qos_profile=sensor, qos_overriding_options=overrides)
         self._subs = []
         for i, cam in enumerate(self.cameras):
-            self._subs.append(self.create_subscription(msg_type, cam.image_topic, partial(self._on_image, i), sensor))
+            self._subs.append(subscribe(msg_type, cam.image_topic, partial(self._on_image, i)))
             if self.rig.fixed is None:
-                self._subs.append(
-                    self.create_subscription(CameraInfo, cam.info_topic, partial(self._on_camera_info, i), sensor)
-                )
+                self._subs.append(subscribe(CameraInfo, cam.info_topic, partial(self._on_camera_info, i)))
         out_qos = output_qos(int(self._node_params["qos.output_depth"]))
         self.pub_semantic = self.create_publisher(SemanticOccupancy, topics.SEMANTIC_TOPIC, out_qos)
         self.pub_panoptic = None

@@ -136,6 +136,16 @@ def devkit_ego2global(stamps_ns: list[int]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def reliable_inputs(image_pattern: str = "/{camera}/image") -> dict[str, str]:
+    """Node parameters making the camera subscriptions reliable (ROS 2's qos_overrides): the test publishers are
+    reliable, so no 4 MB raw image is lost to a busy CI machine (the default sensor QoS is best effort)."""
+    out = {}
+    for cam in CAMERA_NAMES:
+        for topic in (image_pattern.format(camera=cam), f"/{cam}/camera_info"):
+            out[f"qos_overrides.{topic}.subscription.reliability"] = "reliable"
+    return out
+
+
 class NodeProcess:
     def __init__(self, env: dict, params: dict[str, str]):
         cmd = [sys.executable, "-m", "flashocc_ros.node", "--ros-args", "--params-file", str(PARAMS_FILE)]

@@ -22,7 +22,7 @@ from test.conftest import wait_for
 from test.model_helpers import GOLDEN
 from test.reference.near_ties import OFFICIAL_HEAD_TO_OCC, check_centers, check_labels, check_panoptic
 from test.reference.raw_images import raw_images
-from test.ros.test_node import NodeProcess, _context, _module_env
+from test.ros.test_node import NodeProcess, _context, _module_env, reliable_inputs
 
 pytestmark = pytest.mark.ros
 
@@ -39,6 +39,7 @@ PARAMS = {
     "outputs.publish_panoptic": "true",
     "outputs.publish_pointcloud": "false",
     "sync.tf_timeout_s": "5.0",
+    **reliable_inputs(),
 }
 
 
@@ -158,6 +159,11 @@ def test_node_gives_the_official_answer_for_a_published_rig(variant, tmp_path_fa
         wait_for(lambda: all(p.get_subscription_count() >= 1 for p in rig.images), 120.0, rig.spin,
                  f"flashocc_node subscriptions; node log:\n{node.log()[-2000:]}")  # fmt: skip
         wait_for(lambda: rig.node.count_publishers("/occupancy/semantic") >= 1, 60.0, rig.spin, "node publishers")
+        from rclpy.qos import ReliabilityPolicy
+
+        for topic in ("/CAM_BACK/image", "/CAM_BACK/camera_info"):  # qos_overrides took effect
+            (sub,) = rig.node.get_subscriptions_info_by_topic(topic)
+            assert sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE, topic
         rig.publish_sweep(raw_images(0))
         panoptic = variant.startswith("panoptic")
         wanted = ("semantic", "panoptic") if panoptic else ("semantic",)

@@ -46,6 +46,7 @@ from test.ros.test_node import (
     _module_env,
     intrinsics,
     make_image,
+    reliable_inputs,
     sensor2ego,
 )
 
@@ -69,6 +70,7 @@ PARAMS = {
     "outputs.publish_pointcloud": "false",
     "sync.tf_timeout_s": "5.0",
     "diagnostics.camera_timeout_s": "600.0",  # the paced publisher pauses for seconds between sets
+    **reliable_inputs(),
 }
 OUTPUT_TIMEOUT = 120.0
 
