@@ -23,7 +23,8 @@ Reports per-stage medians and p95 (ms) and the total against the goals of issue 
 temporary directory) in the same conditions: ``--rounds`` rounds, each running ``--frames`` frames of the baseline
 and of the working tree in fresh processes (alternating which goes first), the same images and poses; prints both
 (medians and p95 over all rounds' frames) and the ratio baseline / current per stage. On a shared machine this is
-the comparison to trust, not two separate runs.
+the comparison to trust, not two separate runs. REV must have the package's current layout (commit 8c6e3c2,
+"network/ inference/ ros/", or later): this script imports the modules by their current names.
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ from test.ros.test_node import (
     _module_env,
     intrinsics,
     make_image,
-    reliable_inputs,
     sensor2ego,
 )
+from test.ros.test_node_parity import PARAMS as NODE_PARITY_PARAMS
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -60,17 +60,9 @@ YAW0, YAW_RATE = 0.3, 0.05  # rad, rad/s
 H, W = 450, 800
 PYTORCH_LOGIT_REL_TOL = 1e-4
 PARAMS = {
+    **NODE_PARITY_PARAMS,  # raw images, pytorch on the CPU, official panoptic mode, reliable camera links
     "model.variant": VARIANT,
-    "model.backend": "pytorch",
-    "model.device": "cpu",
-    "model.pano_mode": "official",
-    "cameras.transport": "raw",
-    "cameras.image_topic": "/{camera}/image",
-    "outputs.publish_panoptic": "true",
-    "outputs.publish_pointcloud": "false",
-    "sync.tf_timeout_s": "5.0",
     "diagnostics.camera_timeout_s": "600.0",  # the paced publisher pauses for seconds between sets
-    **reliable_inputs(),
 }
 OUTPUT_TIMEOUT = 120.0
 
