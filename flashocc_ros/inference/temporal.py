@@ -290,6 +290,11 @@ class TemporalPipeline:
         jpegs = check_jpegs(jpegs, calib.image_hw)
         return self._input, jpegs_into(self._preprocessor(), jpegs, self._input, exact=exact)
 
+    def preprocess_jpegs(self, jpegs, calib: RigCalibration, exact: bool = False) -> np.ndarray:
+        """Six JPEGs decoded + preprocessed as ``run_jpeg`` does, for ``encode`` / ``run_with_history``; the result
+        is the pipeline's input buffer (valid until its next decode)."""
+        return self._load_jpegs(jpegs, exact, calib)[0]
+
     def close(self) -> None:
         if self._batch is not None:
             self._batch.close()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashocc_ros.config import BACKENDS, CAMERA_NAMES, IMAGE_AUG, PRECISIONS, ConfigError, load_config
+from flashocc_ros.config import BACKENDS, CAMERA_NAMES, PRECISIONS, ConfigError, load_config
 from flashocc_ros.metrics import evaluation as ev
 
 
@@ -110,29 +110,12 @@ def official_adjacent(scene_tokens: Sequence[str], index: int, count: int) -> li
     return out
 
 
-def camera_inputs(jpegs: Sequence[bytes], calib, token: str, exact: bool) -> np.ndarray:
-    """(6, 3, 256, 704) float32 network input of a keyframe's JPEGs (exact: Pillow + official resize/crop)."""
-    from flashocc_ros.network.preprocess import jpeg_size, preprocess_jpeg, preprocess_jpeg_exact
-
-    out = np.empty((len(CAMERA_NAMES), 3, *IMAGE_AUG.input_hw), dtype=np.float32)
-    for n, data in enumerate(jpegs):
-        try:
-            hw = jpeg_size(data)
-            if hw != tuple(calib.image_hw):
-                raise ValueError(
-                    f"image is {hw[1]}x{hw[0]}, its sample_data says {calib.image_hw[1]}x{calib.image_hw[0]}"
-                )
-            (preprocess_jpeg_exact if exact else preprocess_jpeg)(data, out[n])
-        except (ValueError, OSError) as exc:
-            raise ev.EvaluationError(f"sample {token} {CAMERA_NAMES[n]}: {exc}") from exc
-    return out
-
-
 def predict_temporal(cfg, nusc, tokens: list[str], todo: set[str], out: Path, exact: bool, progress: bool) -> None:
     """Walk ``tokens`` (the split's keyframes in time order) once; predict those in ``todo`` with the official
     history (``official_adjacent``), encoding each keyframe that is predicted or is history of one exactly once."""
     from tqdm import tqdm
 
+    from flashocc_ros.inference.pipeline import PipelineError
     from flashocc_ros.inference.temporal import TemporalPipeline
 
     pipe = TemporalPipeline(cfg)
@@ -146,22 +129,28 @@ def predict_temporal(cfg, nusc, tokens: list[str], todo: set[str], out: Path, ex
             f"current frame); {len(needed) - len(adjacent)} keyframe(s) encoded as history only",
             file=sys.stderr,
         )
-    records: dict = {}
-    with tqdm(total=len(adjacent), desc=f"predict {cfg.variant.short}", unit="sample", disable=not progress) as bar:
-        for i in sorted(needed):
-            token = tokens[i]
-            jpegs, calib = sample_inputs(nusc, token)
-            images = camera_inputs(jpegs, calib, token, exact)
-            stamp = nusc.get("sample", token)["timestamp"] * 1e-6
-            if i in adjacent:
-                previous = [None if j is None else records[j] for j in adjacent[i]]
-                result, records[i] = pipe.run_with_history(images, calib, previous, stamp)
-                ev.write_prediction(out / f"{token}.npz", result.semantic, result.panoptic)
-                bar.update()
-            else:
-                records[i] = pipe.encode(images, calib, stamp)
-            for j in [j for j in records if j < i - slots]:  # no later keyframe looks further back
-                del records[j]
+    try:
+        records: dict = {}
+        with tqdm(total=len(adjacent), desc=f"predict {cfg.variant.short}", unit="sample", disable=not progress) as bar:
+            for i in sorted(needed):
+                token = tokens[i]
+                jpegs, calib = sample_inputs(nusc, token)
+                try:  # the pipeline's JPEG decode + preprocessing (run_jpeg's), sizes checked against sample_data
+                    images = pipe.preprocess_jpegs(jpegs, calib, exact)
+                except PipelineError as exc:
+                    raise ev.EvaluationError(f"sample {token}: {exc}") from exc
+                stamp = nusc.get("sample", token)["timestamp"] * 1e-6
+                if i in adjacent:
+                    previous = [None if j is None else records[j] for j in adjacent[i]]
+                    result, records[i] = pipe.run_with_history(images, calib, previous, stamp)
+                    ev.write_prediction(out / f"{token}.npz", result.semantic, result.panoptic)
+                    bar.update()
+                else:
+                    records[i] = pipe.encode(images, calib, stamp)
+                for j in [j for j in records if j < i - slots]:  # no later keyframe looks further back
+                    del records[j]
+    finally:
+        pipe.close()  # its decode threads
 
 
 def run(args: argparse.Namespace) -> int:
