@@ -110,8 +110,9 @@ def panoptic_fields(
 
 
 # sensor_msgs/PointField datatypes by numpy type; packed colours are uint32 bits declared FLOAT32 (PCL / RViz).
-POINT_FIELD_DATATYPES = {"<i1": 1, "|i1": 1, "<u1": 2, "|u1": 2, "<i2": 3, "<u2": 4, "<i4": 5, "<u4": 6, "<f4": 7}
-POINT_FIELD_FLOAT64 = 8
+POINT_FIELD_DATATYPES = {
+    "<i1": 1, "|i1": 1, "<u1": 2, "|u1": 2, "<i2": 3, "<u2": 4, "<i4": 5, "<u4": 6, "<f4": 7, "<f8": 8,
+}  # fmt: skip
 PACKED_COLOUR_FIELDS = ("rgb", "rgba")
 
 
@@ -119,10 +120,8 @@ def point_fields(dtype: np.dtype) -> list[dict]:
     """PointField entries (name, offset, datatype, count 1) of a little-endian structured point dtype."""
     out = []
     for name in dtype.names:
-        kind = dtype[name].str
-        datatype = 7 if name in PACKED_COLOUR_FIELDS else POINT_FIELD_DATATYPES.get(kind)
-        if kind == "<f8":
-            datatype = POINT_FIELD_FLOAT64
+        kind = "<f4" if name in PACKED_COLOUR_FIELDS else dtype[name].str
+        datatype = POINT_FIELD_DATATYPES.get(kind)
         if datatype is None:
             raise ValueError(f"point field {name!r}: numpy type {kind} has no PointField datatype")
         out.append({"name": name, "offset": int(dtype.fields[name][1]), "datatype": datatype, "count": 1})
