@@ -1,10 +1,12 @@
 """Host overhead per frame of flashocc_node's processing path, with the network replaced by a no-op runner.
 
     python benchmarks/bench_host.py [--variant flashocc-r50-M0] [--frames 30] [--ego-speed 15] [--device cpu|cuda]
-                                    [--workers 2] [--no-msgs] [--json OUT.json] [--baseline REV [--rounds 4]]
+                                    [--workers 2] [--subsampling 444|420] [--no-msgs] [--json OUT.json]
+                                    [--baseline REV [--rounds 4]]
 
 What a frame costs besides the network once the network runs at GPU speed (FlashOcc M0 TensorRT fp16: ~5 ms on
-an RTX 3090): six 1600x900 JPEGs (bench_node.py's textured synthetic images), a moving vehicle (per-camera ego
+an RTX 3090): six 1600x900 JPEGs (bench_node.py's textured synthetic images: 4:4:4 chroma by default, ~665 KB
+each, the costliest to decode; ``--subsampling 420``: cameras' usual 4:2:0, ~415 KB), a moving vehicle (per-camera ego
 poses change every frame, so the voxel-pooling indices are recomputed every frame, as flashocc_node does with
 ``tf.world_frame`` set), decode + preprocess into the network input, post-processing, and the semantic message
 plus the point cloud built as the node publishes them (``semantic_to_msg``, ``occupied_points`` +
@@ -119,6 +121,7 @@ def run(
     workers: int = 2,
     msgs: bool = True,
     jpegs: list[bytes] | None = None,
+    subsampling: str = "444",
 ) -> dict:
     """Measure ``frames`` frames after ``warmup``; returns {stage: {median, p95}} in ms plus details."""
     from bench_node import make_jpegs
@@ -137,7 +140,7 @@ def run(
             semantic_to_msg(street_scene(), Header(frame_id="base_link"), variant)  # import the classes now
         except Exception:  # ROS message packages missing (e.g. the GPU machine): arrays only
             build_msgs = False
-    jpegs = jpegs if jpegs is not None else make_jpegs(1600, 900, 0)
+    jpegs = jpegs if jpegs is not None else make_jpegs(1600, 900, 0, subsampling)
     v = get_variant(variant)
     cfg = load_config(overrides={"model": {"variant": v.name, "backend": "pytorch", "device": device}})
     runner = NoopRunner(v, street_scene(), device)
@@ -179,6 +182,7 @@ def run(
             "messages_built": build_msgs,
             "occupied_points": int(len(points)),
             "preprocess_workers": workers,
+            "jpeg_kb": [len(j) // 1024 for j in jpegs],
             "load_average": list(os.getloadavg()),
         }
         report["samples"] = stages
@@ -212,9 +216,8 @@ def compare_with_baseline(args) -> dict:
                 out = Path(tmp) / f"{name}_{r}.json"
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--package-root", str(root), "--json", str(out)]
                 cmd += ["--variant", args.variant, "--frames", str(args.frames), "--ego-speed", str(args.ego_speed)]
-                cmd += ["--device", args.device, "--workers", str(args.workers)] + (
-                    ["--no-msgs"] if args.no_msgs else []
-                )
+                cmd += ["--device", args.device, "--workers", str(args.workers), "--subsampling", args.subsampling]
+                cmd += ["--no-msgs"] if args.no_msgs else []
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                 rep = json.loads(out.read_text())
                 for k in STAGES:
@@ -236,6 +239,7 @@ def main() -> int:
     ap.add_argument("--ego-speed", type=float, default=15.0, help="m/s; 0 = static ego (indices computed once)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--workers", type=int, default=2, help="decode/preprocess threads")
+    ap.add_argument("--subsampling", default="444", choices=("444", "420"), help="JPEG chroma subsampling")
     ap.add_argument("--no-msgs", action="store_true", help="do not build ROS messages (arrays only)")
     ap.add_argument("--json", default="", help="also write the report here")
     ap.add_argument("--baseline", default="", help="git revision to compare with (alternating fresh processes)")
@@ -245,10 +249,14 @@ def main() -> int:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.baseline:
         return print_comparison(compare_with_baseline(args), args)
-    report = run(args.variant, args.frames, 3, args.ego_speed, args.device, args.workers, not args.no_msgs)
+    report = run(
+        args.variant, args.frames, 3, args.ego_speed, args.device, args.workers, not args.no_msgs,
+        subsampling=args.subsampling,
+    )  # fmt: skip
     d = report["details"]
     print(
-        f"host overhead per frame, {d['variant']}, {d['device']}, six 1600x900 JPEGs, ego {d['ego_speed_mps']:g} m/s "
+        f"host overhead per frame, {d['variant']}, {d['device']}, six 1600x900 JPEGs ({args.subsampling}, "
+        f"{np.mean(d['jpeg_kb']):.0f} KB), ego {d['ego_speed_mps']:g} m/s "
         f"({d['pool_index_computations']} index computations), no-op network, {d['frames']} frames"
     )
     for k in STAGES:

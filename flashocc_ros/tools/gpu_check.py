@@ -1,4 +1,4 @@
-"""One prepared device check: parity, panoptic, decode, throughput and environment -> DIR/gpu_check.json.
+"""One prepared device check: parity, panoptic, decode, throughput, host overhead and environment -> DIR/gpu_check.json.
 
     bash scripts/gpu_check.sh [--device cuda|cpu] [--out DIR] [--quick] [--variants M0 PT ...]
     python -m flashocc_ros.tools.gpu_check ...   (the same)
@@ -21,6 +21,11 @@ that need a GPU are written as ``{"skipped": "<reason>"}``; ``ok`` then judges o
   levels like docs/model.md's fast path (which is measured alongside), and times.
 * ``throughput``: ``run_jpeg`` end to end (decode -> network -> post-processing, outputs on the host), fp32 and
   (CUDA) fp16, median and p95, plus the network alone (``runner.infer``).
+* ``host_overhead``: benchmarks/bench_host.py's measurement (M0, the network replaced by a no-op runner, six
+  1600x900 4:4:4 JPEGs, a moving vehicle, so pooling indices are recomputed every frame): per-stage medians and
+  the total per frame against issue 17's goals (<= 10 ms on the GPU path, <= 35 ms CPU-only); on CUDA both the
+  GPU host path and the CPU-only path. ``ok`` means measured; ``goal_met`` says whether the goal was met. Without
+  the ROS message packages (the device machine) no messages are built (``messages_built``).
 * ``environment``: versions, GPU, which optional packages were found and what was carried.
 
 Imports nothing from ROS (runs where only torch/torchvision/numpy/Pillow/OpenCV exist: the device machine).
@@ -60,7 +65,8 @@ QUICK_VARIANTS = ("PT",)  # the tiny panoptic variant: every section has somethi
 PROBE_REL_TOL = 1e-4  # x std of the golden probe logits
 FP16_AGREEMENT_GOAL = 0.999
 PANOPTIC_GOAL_MS = 1.0
-SECTIONS = ("environment", "parity", "panoptic", "decode", "throughput")
+SECTIONS = ("environment", "parity", "panoptic", "decode", "throughput", "host_overhead")
+HOST_OVERHEAD_VARIANT = "M0"  # issue 17's anchor: FlashOcc M0, ~5 ms on a GPU with TensorRT fp16
 
 
 def skipped(reason: str) -> dict:
@@ -72,8 +78,12 @@ def stats_ms(values) -> dict:
     return {"median": float(np.median(a)), "p95": float(np.percentile(a, 95)), "n": int(a.size)}
 
 
-def synthetic_jpegs(width: int = 1600, height: int = 900, seed: int = 0, quality: int = 90) -> list[bytes]:
-    """Six textured camera-like JPEGs (smooth colour fields + noise; Pillow encoder, no simplejpeg needed)."""
+def synthetic_jpegs(
+    width: int = 1600, height: int = 900, seed: int = 0, quality: int = 90, subsampling: str = "4:2:0"
+) -> list[bytes]:
+    """Six textured camera-like JPEGs (smooth colour fields + noise; Pillow encoder, no simplejpeg needed), with
+    ``subsampling`` "4:2:0" (cameras' usual chroma subsampling, ~415 KB each) or "4:4:4" (the images of
+    benchmarks/bench_host.py, ~665 KB each)."""
     import io
 
     import cv2
@@ -85,7 +95,8 @@ def synthetic_jpegs(width: int = 1600, height: int = 900, seed: int = 0, quality
         coarse = rng.uniform(0, 255, size=(height // 25 + 2, width // 25 + 2, 3)).astype(np.float32)
         img = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 6, (height, width, 3))
         buf = io.BytesIO()
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=quality)
+        pixels = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+        pixels.save(buf, format="JPEG", quality=quality, subsampling=subsampling)
         out.append(buf.getvalue())
     return out
 
@@ -426,6 +437,46 @@ def section_throughput(chk: Check) -> dict:
     return out
 
 
+def _bench_host():
+    """benchmarks/bench_host.py of this checkout as a module (None when the checkout has no benchmarks/)."""
+    path = REPO / "benchmarks" / "bench_host.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("flashocc_bench_host", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def section_host_overhead(chk: Check) -> dict:
+    bench = _bench_host()
+    if bench is None:
+        return {"ok": True, **skipped(f"{REPO / 'benchmarks' / 'bench_host.py'} not found")}
+    jpegs = synthetic_jpegs(subsampling="4:4:4")
+    frames = 5 if chk.quick else 40
+    out: dict = {
+        "input": "six 1600x900 4:4:4 JPEGs (~665 KB), ego 15 m/s (indices recomputed every frame), no-op network",
+        "variant": HOST_OVERHEAD_VARIANT,
+    }
+    paths = [("gpu_path", chk.device, bench.GOAL_GPU_MS)] if chk.cuda else []
+    paths.append(("cpu_only", "cpu", bench.GOAL_CPU_MS))
+    for name, device, goal in paths:
+        report = bench.run(_variant(HOST_OVERHEAD_VARIANT).name, frames, 3, 15.0, device, 2, True, jpegs)
+        out[name] = {
+            "stages_ms": {k: report[k] for k in bench.STAGES},
+            "goal_ms": goal,
+            "goal_met": report["total"]["median"] <= goal,
+            "messages_built": report["details"]["messages_built"],
+            "jpeg_path": report["details"]["jpeg_path"],
+            "frames": frames,
+            "pool_index_computations": report["details"]["pool_index_computations"],  # warm-up included
+        }
+    if not chk.cuda:
+        out["gpu_path"] = skipped("--device cpu")
+    out["ok"] = True
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------------------------
@@ -461,6 +512,7 @@ def run_check(device: str, out_dir: Path, quick: bool = False, variants=None, go
                 ("panoptic", section_panoptic),
                 ("decode", section_decode),
                 ("throughput", section_throughput),
+                ("host_overhead", section_host_overhead),
             ):
                 t0 = time.perf_counter()
                 if chk is None:

@@ -9,7 +9,7 @@ import sys
 
 from test.conftest import REPO_ROOT
 
-SECTIONS = ("environment", "parity", "panoptic", "decode", "throughput")
+SECTIONS = ("environment", "parity", "panoptic", "decode", "throughput", "host_overhead")
 
 
 def run_script(*args, tmp_path):
@@ -50,6 +50,12 @@ def test_cpu_dry_run_writes_every_section(tmp_path):
     assert tp["fp32"]["end_to_end_ms"]["n"] == 2 and tp["fp32"]["network_alone_ms"]["median"] > 0
     assert tp["fp32"]["jpeg_path"] == "cpu" and tp["fp32"]["logits_copied_to_host"] is False
     assert "skipped" in tp["fp16"]
+    host = report["host_overhead"]
+    cpu = host["cpu_only"]
+    assert host["variant"] == "M0" and "skipped" in host["gpu_path"] and cpu["goal_ms"] == 35.0
+    assert cpu["frames"] == 5 and cpu["pool_index_computations"] == 5 + 3  # a moving vehicle: every frame
+    assert cpu["jpeg_path"] == "cpu" and cpu["goal_met"] == (cpu["stages_ms"]["total"]["median"] <= 35.0)
+    assert 0 < cpu["stages_ms"]["decode_preprocess"]["median"] < cpu["stages_ms"]["total"]["median"]
     assert not [p.name for p in (tmp_path / "out").iterdir() if p.name != "gpu_check.json"]  # no temp files left
 
 
@@ -69,3 +75,12 @@ def test_bad_arguments_and_a_missing_gpu_are_reported(tmp_path):
         report = json.loads((tmp_path / "cuda" / "gpu_check.json").read_text())
         assert report["complete"] and not report["ok"]
         assert all("no CUDA GPU" in report[s]["error"] for s in SECTIONS)
+
+
+def test_wheels_carried_for_another_python_are_not_used(tmp_path):
+    carried = tmp_path / "c"
+    (carried / "simplejpeg").mkdir(parents=True)
+    (carried / ".python_version").write_text("2.7\n")  # as scripts/gpu_carry.sh writes it
+    proc = run_script("--device", "tpu", tmp_path=tmp_path)  # the shell part runs, then argparse refuses
+    assert proc.returncode == 2
+    assert f"not using {carried} (wheels for Python 2.7, this is Python {sys.version_info[0]}." in proc.stderr
