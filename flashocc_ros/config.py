@@ -254,6 +254,7 @@ class Range:
 # The numeric ranges, declared once: validate() below checks them, the node declares them as parameter ranges.
 PARAMETER_RANGES: dict[str, Range] = {
     "model.score_threshold": Range(0.0, 1.0, hi_open=True),
+    "model.preprocess_threads": Range(0, 64),
     "sync.max_spread_ms": Range(0.0, 1000.0, lo_open=True),
     "sync.queue_size": Range(1, 100),
     "sync.tf_timeout_s": Range(0.0, 3600.0, lo_open=True),
@@ -282,6 +283,7 @@ class ModelConfig:
     engine_cache_dir: str = "~/.cache/flashocc_ros/engines"
     pano_mode: str = "corrected"
     score_threshold: float = 0.3
+    preprocess_threads: int = 0  # threads decoding + preprocessing the six images; 0 = min(6, usable CPU cores)
 
     def validate(self, prefix: str = "model") -> None:
         if self.variant not in VARIANTS:
@@ -292,6 +294,7 @@ class ModelConfig:
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"{prefix}.device: {self.device!r} is not auto, cpu, cuda or cuda:N")
         _check_range("model", "score_threshold", self.score_threshold, prefix)
+        _check_range("model", "preprocess_threads", self.preprocess_threads, prefix)
 
 
 @dataclass

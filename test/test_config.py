@@ -73,6 +73,7 @@ def test_flatten_unflatten_round_trip():
         ({"model": {"backend": "tvm"}}, r"model\.backend: 'tvm' is not one of"),
         ({"model": {"score_threshold": 1.5}}, r"model\.score_threshold: 1\.5"),
         ({"model": {"device": "gpu0"}}, r"model\.device: 'gpu0'"),
+        ({"model": {"preprocess_threads": -1}}, r"model\.preprocess_threads: -1 is outside"),
         ({"sync": {"max_spread_ms": -1}}, r"sync\.max_spread_ms: -1\.0"),
         ({"sync": {"queue_size": "four"}}, r"sync\.queue_size: expected an integer, got 'four'"),
         ({"outputs": {"publish_markers": "yes"}}, r"outputs\.publish_markers: expected true/false, got 'yes'"),

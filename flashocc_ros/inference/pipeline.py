@@ -140,19 +140,20 @@ class OccupancyPipeline:
         runner: Runner | None = None,
         with_logits: bool = False,
         log=print,
-        preprocess_workers: int = 2,
+        preprocess_workers: int | None = None,
         gpu_jpeg: bool | None = None,
     ):
-        """``preprocess_workers``: threads that decode/preprocess the six images in parallel (1 = sequential).
+        """``preprocess_workers``: threads that decode/preprocess the six images in parallel (1 = sequential, 0 =
+        one per image up to the CPU cores; None = ``cfg.model.preprocess_threads``).
         ``gpu_jpeg``: fast-path JPEGs decoded and preprocessed on the runner's GPU (``gpu_preprocess``) straight
         into its device input; None (default) = whenever the runner has a CUDA input tensor (``device_image``) and
         torchvision can decode there; True = required (PipelineError if impossible); False = never."""
         from flashocc_ros.backends import create_runner
         from flashocc_ros.network.preprocess import BatchPreprocessor
 
-        self._batch = BatchPreprocessor(preprocess_workers)
-
         self.cfg = cfg.validate()
+        threads = cfg.model.preprocess_threads if preprocess_workers is None else preprocess_workers
+        self._batch = BatchPreprocessor(threads)
         self.variant = cfg.variant
         if self.variant.temporal:
             raise PipelineError(

@@ -23,6 +23,7 @@ resamplers release the GIL), writing straight into the network's input buffer; r
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from flashocc_ros.config import IMAGE_AUG
+from flashocc_ros.config import CAMERA_NAMES, IMAGE_AUG
 
 INPUT_H, INPUT_W = IMAGE_AUG.input_hw
 # Per-position constants of the official normalisation (mean/std in RGB order applied to B, G, R), float32.
@@ -350,19 +351,30 @@ def _image_item(rgb: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     return 0.0, time.perf_counter() - t0
 
 
+def auto_workers() -> int:
+    """Threads for the six images when none are configured: one per image, at most one per CPU core this process
+    may run on (its affinity mask; a container's CPU quota is not visible here, set the count then)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(len(CAMERA_NAMES), cores))
+
+
 class BatchPreprocessor:
     """Decode + preprocess a batch of camera images into a preallocated (K, 3, 256, 704) float32 buffer, one image
     per task on a small persistent thread pool.
 
     simplejpeg (libjpeg-turbo), OpenCV, Pillow's decoder/resampler and numpy's ufuncs release the GIL, so with
     2 workers six images take about half the sequential time on 2 cores; results are identical to the sequential
-    functions (each task runs the same function on its own image and output slice). ``workers=1`` runs inline.
+    functions (each task runs the same function on its own image and output slice). ``workers=1`` runs inline,
+    ``workers=0`` (default) is ``auto_workers()``: more cores decode the six JPEGs in fewer rounds.
     """
 
-    def __init__(self, workers: int = 2) -> None:
-        if int(workers) < 1:
-            raise ValueError(f"workers: expected >= 1, got {workers}")
-        self.workers = int(workers)
+    def __init__(self, workers: int = 0) -> None:
+        if int(workers) < 0:
+            raise ValueError(f"workers: expected >= 1, or 0 for auto, got {workers}")
+        self.workers = int(workers) or auto_workers()
         self._pool = None
         self._lock = threading.Lock()
 

@@ -47,6 +47,7 @@ PARAMETER_HELP = {
     "model.engine_cache_dir": "where built engines are cached",
     "model.pano_mode": "panoptic post-processing: corrected | official",
     "model.score_threshold": "panoptic centre score threshold",
+    "model.preprocess_threads": "threads decoding + preprocessing the six images; 0 = min(6, usable CPU cores)",
     "cameras.names": "camera names in network order (must be the nuScenes rig)",
     "cameras.transport": "compressed (CompressedImage JPEG) | raw (Image rgb8/bgr8)",
     "cameras.image_topic": "image topic pattern with {camera}",

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from flashocc_ros.backends import OCC_LABELS
-from flashocc_ros.config import get_variant, load_config
+from flashocc_ros.config import get_variant, load_config, to_dict
 from flashocc_ros.inference.pipeline import TIMING_KEYS, OccupancyPipeline, PipelineError, postprocess_device
 from flashocc_ros.network.geometry import RigCalibration, reference_rig
+from flashocc_ros.network.preprocess import auto_workers
 from test.backends.exports import exported_onnx, golden_images, torch_reference
 
 
@@ -105,7 +106,7 @@ def test_parallel_jpeg_loading_equals_the_sequential_fast_path(m0_pipeline):
     pipe.set_calibration(reference_rig())
     jpegs = [simplejpeg.encode_jpeg(img, quality=88, colorspace="RGB") for img in smooth_images(seed=3)]
     expected = np.stack([preprocess_jpeg(j) for j in jpegs])
-    times = pipe.load_jpegs(jpegs)  # 2 preprocessing threads (default)
+    times = pipe.load_jpegs(jpegs)  # model.preprocess_threads 0: one per image up to the cores (2 here)
     np.testing.assert_array_equal(pipe.runner.image, expected)
     assert times["decode"] > 0 and times["preprocess"] > 0
     sequential = OccupancyPipeline(pipe.cfg, runner=pipe.runner, preprocess_workers=1)  # shares the runner
@@ -117,8 +118,17 @@ def test_parallel_jpeg_loading_equals_the_sequential_fast_path(m0_pipeline):
     truncated[3] = jpegs[3][: len(jpegs[3]) // 2]  # the header parses; decoding fails on a worker thread
     with pytest.raises(PipelineError, match=r"jpegs\[3\] \(CAM_BACK_LEFT\): cannot decode JPEG"):
         pipe.load_jpegs(truncated)
-    with pytest.raises(ValueError, match="workers: expected >= 1"):
-        OccupancyPipeline(pipe.cfg, runner=pipe.runner, preprocess_workers=0)
+    assert pipe.cfg.model.preprocess_threads == 0 and pipe._batch.workers == auto_workers()
+    cfg3 = load_config(overrides={"model": {**to_dict(pipe.cfg)["model"], "preprocess_threads": 3}})
+    three = OccupancyPipeline(cfg3, runner=pipe.runner)  # shares the runner: not closed (that releases it)
+    assert three._batch.workers == 3  # from the config
+    three.set_calibration(reference_rig())
+    pipe.runner.image[:] = 0
+    three.load_jpegs(jpegs)
+    np.testing.assert_array_equal(pipe.runner.image, expected)
+    three._batch.close()
+    with pytest.raises(ValueError, match="workers: expected >= 1, or 0 for auto, got -1"):
+        OccupancyPipeline(pipe.cfg, runner=pipe.runner, preprocess_workers=-1)
 
 
 def test_bad_inputs_are_named(m0_pipeline, tmp_path_factory):

@@ -9,6 +9,7 @@ from flashocc_ros.network.preprocess import (
     BatchItemError,
     BatchPreprocessor,
     augmentation_for,
+    auto_workers,
     decode_jpeg,
     jpeg_size,
     normalize,
@@ -141,8 +142,15 @@ def test_batch_preprocessor_names_the_first_failing_image(six_jpegs):
         with pytest.raises(BatchItemError, match="image 4") as info:
             batch.jpegs_into(jpegs, np.empty((6, 3, 256, 704), np.float32))
         assert info.value.index == 4
-    with pytest.raises(ValueError, match="workers: expected >= 1"):
-        BatchPreprocessor(0)
+    with pytest.raises(ValueError, match="workers: expected >= 1, or 0 for auto, got -1"):
+        BatchPreprocessor(-1)
+
+
+@pytest.mark.parametrize("cores, threads", [(1, 1), (2, 2), (4, 4), (6, 6), (64, 6)])
+def test_auto_threads_are_one_per_image_up_to_the_usable_cores(monkeypatch, cores, threads):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(100, 100 + cores)), raising=False)
+    assert auto_workers() == threads and BatchPreprocessor(0).workers == threads
+    assert BatchPreprocessor(3).workers == 3  # a configured count is taken as given
 
 
 @pytest.mark.parametrize(
