@@ -59,10 +59,17 @@ class BuildOptions:
             POOL_INPUTS[2]: ((1, 1), (cells, j), (NUM_BEV_CELLS, MAX_ROWS_PER_CELL)),
         }
 
+    @property
+    def tf32(self) -> bool:
+        """TF32 allowed in float32 layers: not for fp32 engines (IEEE float32, the parity precision; TensorRT
+        enables TF32 by default), kept (TensorRT's default) for fp16 / int8 engines, whose float32 layers are few."""
+        return self.precision != "fp32"
+
     def canonical(self, variant: ModelVariant) -> str:
         return json.dumps(
             {
                 "workspace_mib": self.workspace_mib,
+                "tf32": self.tf32,
                 "hardware_compatible": self.hardware_compatible,
                 "profile": {k: [list(s) for s in v] for k, v in sorted(self.profile(variant).items())},
             },
@@ -109,6 +116,8 @@ def build_engine_bytes(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
     if options.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
+    if not options.tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     if options.hardware_compatible:
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     profile = builder.create_optimization_profile()

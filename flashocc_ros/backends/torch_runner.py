@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -30,6 +31,37 @@ def torch_device(device: str) -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise BackendError(f"model.device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
     return dev
+
+
+@contextmanager
+def ieee_fp32(device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """Float32 convolutions and matrix products in IEEE float32 on a CUDA ``device`` while inside, as on the CPU.
+
+    PyTorch lets cuDNN run float32 convolutions in TF32 by default on Ampere and later GPUs (inputs rounded to a
+    10-bit mantissa), which moves the logits by ~1e-3 relative: far outside the official-parity bound (1e-4 x std)
+    and enough to flip labels that are not near-ties. ``model.precision: fp32`` means IEEE float32 here; fp16 is the
+    fast choice. The process-wide flags are set for the forward and restored after it (kernels are chosen when
+    launched). Nothing changes on the CPU or with ``enabled`` false (an fp16 autocast forward keeps the defaults).
+    """
+    if device.type != "cuda" or not enabled:
+        yield
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9: per-operator precision settings
+        matmul = torch.backends.cuda.matmul
+        saved = (conv.fp32_precision, matmul.fp32_precision)
+        conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, matmul.fp32_precision = saved
+    else:  # older torch: the boolean TF32 switches
+        saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class TorchRunner(Runner):
@@ -94,9 +126,8 @@ class TorchRunner(Runner):
         if self._dev_img is not self._host_img and not self.input_on_device:
             self._dev_img.copy_(self._host_img, non_blocking=True)
         self.input_on_device = False
-        with torch.autocast(
-            "cuda", dtype=torch.float16, enabled=self.precision == "fp16" and self.device.type == "cuda"
-        ):
+        fp16 = self.precision == "fp16" and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.float16, enabled=fp16), ieee_fp32(self.device, not fp16):
             outs = self.model.forward_tensors(
                 self._dev_img,
                 p.ranks_depth,

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from flashocc_ros.backends.base import CENTER_OUTPUTS
+from flashocc_ros.backends.torch_runner import ieee_fp32
 from flashocc_ros.config import IMAGE_AUG, FlashOccConfig, ModelVariant, TemporalConfig
 from flashocc_ros.inference.pipeline import (
     OccupancyPipeline,
@@ -275,7 +276,7 @@ class TemporalPipeline:
         if self._batch is None:
             from flashocc_ros.network.preprocess import BatchPreprocessor
 
-            self._batch = BatchPreprocessor(2)
+            self._batch = BatchPreprocessor(self.cfg.model.preprocess_threads)
         return self._batch
 
     def _load_images(self, images, calib: RigCalibration) -> tuple[np.ndarray, dict[str, float]]:
@@ -313,7 +314,7 @@ class TemporalPipeline:
             self.history.check_stamp(float(stamp))
         t1 = time.perf_counter()
         stereo = None
-        with torch.inference_mode():
+        with torch.inference_mode(), ieee_fp32(self.device):
             img = torch.from_numpy(np.ascontiguousarray(imgs)).to(self.device)
             if self.variant.stereo:
                 feat, stereo = self.model.encode_frame_stereo(img)
@@ -396,7 +397,7 @@ class TemporalPipeline:
         names = ("img_neck", "depth_net_out", "depth_prob", "lss_bev", "pre_process", "sensor2keyego", "num_points")
         stages: dict[str, list] = {k: [] for k in names}
         done: dict[int, tuple] = {}
-        with torch.inference_mode():
+        with torch.inference_mode(), ieee_fp32(self.device):
             if stereo:  # frames [cur, prev1, prev2]: prev2 only as the stereo reference of prev1
                 cvfs = [self._cv_features(frames[k], frames[k + 1], intrins, post_rot, post_tran) for k in (0, 1)]
                 frames = frames[: self.variant.bev_frames]
@@ -443,7 +444,7 @@ class TemporalPipeline:
         t0 = time.perf_counter()
         frames = split_inputs(inputs, self.variant.num_frames)
         geo = temporal_geometry(self.variant, frames)
-        with torch.inference_mode():
+        with torch.inference_mode(), ieee_fp32(self.device):
             imgs = torch.from_numpy(np.ascontiguousarray(frames["imgs"])).to(self.device)
             pools = [p.to(self.device) for p in geo.pools]
             extra = ()

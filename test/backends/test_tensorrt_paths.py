@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -162,3 +163,101 @@ def test_auto_choice_on_a_gpu_machine(monkeypatch):
     monkeypatch.setattr(backends, "tensorrt_available", lambda: (True, ""))
     assert resolve_backend(auto) == "tensorrt"
     assert resolve_backend(ModelConfig(backend="auto", device="cpu")) == "onnxruntime"  # cpu: never TensorRT
+
+
+class _RecordingTensorRT:
+    """Just enough of the tensorrt module for ``build_engine_bytes``: records the builder configuration."""
+
+    __version__ = "10.0.0"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity):
+            self.severity = severity
+
+    class BuilderFlag:
+        FP16, INT8, TF32 = "FP16", "INT8", "TF32"
+
+    class MemoryPoolType:
+        WORKSPACE = "WORKSPACE"
+
+    def __init__(self, input_names):
+        trt = self
+        self.configs = []
+
+        class Config:
+            def __init__(self):
+                self.flags = {"TF32"}  # TensorRT's default: TF32 allowed
+                self.profiles, self.pools = [], {}
+                trt.configs.append(self)
+
+            def set_flag(self, flag):
+                self.flags.add(flag)
+
+            def clear_flag(self, flag):
+                self.flags.discard(flag)
+
+            def set_memory_pool_limit(self, pool, size):
+                self.pools[pool] = size
+
+            def add_optimization_profile(self, profile):
+                self.profiles.append(profile)
+
+        class Profile(dict):
+            def set_shape(self, name, lo, opt, hi):
+                self[name] = (lo, opt, hi)
+
+        class Network:
+            num_inputs = len(input_names)
+
+            def get_input(self, i):
+                return type("Tensor", (), {"name": input_names[i]})()
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return b"engine-bytes"
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                return True
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+@pytest.mark.parametrize("precision, flags", [("fp32", set()), ("fp16", {"FP16", "TF32"})])
+def test_fp32_engines_are_built_without_tf32(monkeypatch, tmp_path, precision, flags):
+    """TensorRT allows TF32 in float32 layers by default (10-bit mantissa inputs, ~1e-3 relative error): an fp32
+    engine is built with it cleared, so that fp32 means IEEE float32 (the parity precision); fp16 keeps the
+    default. The flag is part of the engine cache key, so engines built before are not reused."""
+    from flashocc_ros.backends import tensorrt_build
+
+    fake = _RecordingTensorRT(list(POOL_INPUTS[:3]) + ["img"])
+    monkeypatch.setattr(tensorrt_build, "import_tensorrt", lambda: fake)
+    v = get_variant("M0")
+    options = BuildOptions(precision=precision)
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"onnx")
+    assert tensorrt_build.build_engine_bytes(onnx, v, options, log=lambda s: None) == b"engine-bytes"
+    (config,) = fake.configs
+    assert config.flags == flags and config.pools == {"WORKSPACE": 4096 << 20}
+    assert config.profiles == [options.profile(v)]
+    assert json.loads(options.canonical(v))["tf32"] is (precision != "fp32")
+    assert BuildOptions(precision="fp32").canonical(v) != BuildOptions(precision="fp16").canonical(v)
