@@ -35,6 +35,7 @@ def test_cpu_dry_run_writes_every_section(tmp_path):
         assert report[name]["ok"] is True, (name, report[name])
     env = report["environment"]
     assert env["carried"] == ["somewheel"] and env["ros"]["needed"] is False and env["gpu"]["skipped"]
+    assert env["fp32_precision_defaults"]["cudnn_conv"] == "tf32"  # why fp32 forwards switch TF32 off
     pt = report["parity"]["variants"]["PT"]
     assert pt["labels_differing"] <= pt["labels_allowed"] and pt["differing_away_from_near_ties"] == 0
     assert pt["probe_logits_max_abs_err"] <= pt["probe_logits_tolerance"]
