@@ -10,10 +10,13 @@ recomputes the pooling indices every frame. For each variant this times, interle
               matmuls, batched torch.inverse, stable torch argsort)
   fast        geometry.compute_pool_indices (same float32 arithmetic as columns, cached rays, radix sort)
   prepare     geometry.prepare_geometry (fast indices + key-ego poses + mlp_input): what set_calibration computes
-  tables      backends.pooling.pool_tables_from_indices (the ONNX/TensorRT runners' per-rig tables, for context)
-and checks that reference and fast indices are identical on every call. Prints the load average with the numbers
-(the machine is shared). --busy N starts N CPU-spinning helper processes for the measurement, to see the cost on a
-loaded machine (as inside the node, where the network's threads and other processes compete for the cores).
+  tables      backends.pooling.pool_tables_from_indices (the ONNX/TensorRT runners' per-rig tables: every frame
+              with those backends on a moving vehicle)
+  tables-ref  test/reference/pool_tables.slot_matrix_tables (the earlier slot-matrix construction, the baseline)
+and checks that reference and fast indices, and both tables, are identical on every call. Prints the load average
+with the numbers (the machine is shared). --busy N starts N CPU-spinning helper processes for the measurement, to
+see the cost on a loaded machine (as inside the node, where the network's threads and other processes compete for
+the cores).
 --pipeline: also time ``OccupancyPipeline.set_calibration`` (ONNX Runtime, M0) right after a network run, as the
 node does every frame, alternating the reference and the fast index computation (needs the cached ONNX export).
 """
@@ -42,6 +45,7 @@ from flashocc_ros.network.geometry import (  # noqa: E402
 )
 from flashocc_ros.network.preprocess import augmentation_for  # noqa: E402
 from test.reference.official_geometry import compute_pool_indices_reference  # noqa: E402
+from test.reference.pool_tables import slot_matrix_tables  # noqa: E402
 
 
 def moving_rig(k: int) -> RigCalibration:
@@ -82,10 +86,13 @@ def measure(args) -> int:
     post_tran = np.broadcast_to(aug.post_tran, (6, 3))
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
-    print(f"{'variant':46s} {'reference':>10s} {'fast':>8s} {'speed-up':>8s} {'prepare':>8s} {'tables':>8s}  (ms)")
+    print(
+        f"{'variant':46s} {'reference':>10s} {'fast':>8s} {'speed-up':>8s} {'prepare':>8s} {'tables':>8s} "
+        f"{'tables-ref':>10s} {'speed-up':>8s}  (ms)"
+    )
     for name in args.variants:
         variant = get_variant(name)
-        times: dict[str, list[float]] = {"reference": [], "fast": [], "prepare": [], "tables": []}
+        times: dict[str, list[float]] = {"reference": [], "fast": [], "prepare": [], "tables": [], "tables_ref": []}
         for k in range(args.repeats + 1):  # call 0 is the warm-up (fills the ray cache, like the node's 1st frame)
             rig = moving_rig(k)
             s2ke = rig.sensor2keyego()
@@ -96,18 +103,24 @@ def measure(args) -> int:
             t2 = time.perf_counter()
             geo = prepare_geometry(variant, rig)
             t3 = time.perf_counter()
-            pool_tables_from_indices(geo.pool, variant.depth_bins)
+            tables = pool_tables_from_indices(geo.pool, variant.depth_bins)
             t4 = time.perf_counter()
+            tables_ref = slot_matrix_tables(geo.pool, variant.depth_bins)
+            t5 = time.perf_counter()
             if not all(torch.equal(a, b) for a, b in zip(old.as_tuple(), new.as_tuple())):
                 raise SystemExit(f"{variant.name}: fast indices differ from the reference at frame {k}")
+            pairs = zip(tables.as_inputs().values(), tables_ref.as_inputs().values())
+            if not all(np.array_equal(a, b) for a, b in pairs):
+                raise SystemExit(f"{variant.name}: pooling tables differ from the slot-matrix reference at frame {k}")
             if k:
-                for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                     times[key].append(dt * 1e3)
         med = {key: statistics.median(v) for key, v in times.items()}
         print(
             f"{variant.name:46s} {med['reference']:10.1f} {med['fast']:8.1f} "
-            f"{med['reference'] / med['fast']:7.1f}x {med['prepare']:8.1f} {med['tables']:8.1f}"
-            f"   ({new.num_points} points, identical indices)"
+            f"{med['reference'] / med['fast']:7.1f}x {med['prepare']:8.1f} {med['tables']:8.1f} "
+            f"{med['tables_ref']:10.1f} {med['tables_ref'] / med['tables']:7.1f}x"
+            f"   ({new.num_points} points, identical indices and tables)"
         )
     if args.pipeline:
         measure_pipeline(args.repeats)

@@ -97,3 +97,35 @@ def test_invalid_pool_indices_are_rejected(args, message):
     )
     with pytest.raises(ValueError, match=message):
         pool_tables_from_indices(pool, 44)
+
+
+def _random_pool(seed: int) -> PoolIndices:
+    """Random sorted cells with lengths around the row width (1, 15, 16, 17, 32, 33, ...)."""
+    rng = np.random.default_rng(seed)
+    cells = np.sort(rng.choice(200 * 200, size=300, replace=False))
+    lengths = rng.choice([1, 2, 15, 16, 17, 31, 32, 33, 50], size=cells.size)
+    n = int(lengths.sum())
+    return _pool(np.repeat(cells, lengths), rng.integers(0, 6 * 44 * 16 * 44, n), lengths)
+
+
+@pytest.mark.parametrize("case", ["M0", "PF", "M0-moved", "random-0", "random-1"])
+def test_tables_equal_the_slot_matrix_restatement(case):
+    from flashocc_ros.network.geometry import RigCalibration, prepare_geometry, reference_rig
+    from test.reference.pool_tables import slot_matrix_tables
+
+    if case.startswith("random"):
+        pool, depth_bins = _random_pool(int(case[-1])), 44
+    elif case == "M0-moved":
+        rig = reference_rig()
+        ego = np.stack([np.eye(4)] * 6)
+        ego[:, 0, 3] = [0.0, 0.2, 0.4, 0.1, 0.3, 0.5]  # per-camera ego poses of a moving vehicle
+        ego[:, 1, 3] = 0.05
+        pool = prepare_geometry("M0", RigCalibration(rig.intrinsics, rig.sensor2ego, ego, rig.image_hw)).pool
+        depth_bins = 44
+    else:
+        pool, depth_bins = reference_geometry(case).pool, (44 if case == "M0" else 88)
+    got, want = pool_tables_from_indices(pool, depth_bins), slot_matrix_tables(pool, depth_bins)
+    for name, a in got.as_inputs().items():
+        b = want.as_inputs()[name]
+        assert a.dtype == np.int32 and a.flags.c_contiguous, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
