@@ -1,8 +1,8 @@
 """Host overhead per frame of flashocc_node's processing path, with the network replaced by a no-op runner.
 
     python benchmarks/bench_host.py [--variant flashocc-r50-M0] [--frames 30] [--ego-speed 15] [--device cpu|cuda]
-                                    [--workers 2] [--subsampling 444|420] [--no-msgs] [--json OUT.json]
-                                    [--baseline REV [--rounds 4]]
+                                    [--workers 2] [--prep tables|pytorch] [--subsampling 444|420] [--no-msgs]
+                                    [--json OUT.json] [--baseline REV [--rounds 4]]
 
 What a frame costs besides the network once the network runs at GPU speed (FlashOcc M0 TensorRT fp16: ~5 ms on
 an RTX 3090): six 1600x900 JPEGs (bench_node.py's textured synthetic images: 4:4:4 chroma by default, ~665 KB
@@ -14,9 +14,12 @@ plus the point cloud built as the node publishes them (``semantic_to_msg``, ``oc
 No DDS: publishing itself is measured end to end by bench_node.py.
 
 The no-op runner returns a fixed street-like label grid (bench_render.street_scene, ~9 % occupied), so the point
-cloud has a realistic size. ``--device cuda`` keeps the runner's input on the GPU and uses the GPU host path
-(nvJPEG decode + resize/crop/normalise on the GPU, ``flashocc_ros.network.gpu_preprocess``) where available; the network
-output (labels) is copied to the host as the real runner does.
+cloud has a realistic size. Per calibration (every frame here) it builds the gather pooling tables as the ONNX
+Runtime and TensorRT runners do (``--prep tables``, the default: ``backend: auto`` on the CPU and with TensorRT);
+``--prep pytorch`` does TorchRunner's work instead (indices to the device). ``--device cuda`` keeps the runner's
+input on the GPU and uses the GPU host path (nvJPEG decode + resize/crop/normalise on the GPU,
+``flashocc_ros.network.gpu_preprocess``) where available; the network output (labels) is copied to the host as the
+real runner does.
 
 Reports per-stage medians and p95 (ms) and the total against the goals of issue 17 (<= 35 ms CPU-only,
 <= 10 ms on the GPU path).
@@ -55,17 +58,21 @@ GOAL_CPU_MS = 35.0
 # sensitive than wall time to other processes on a shared machine: on 2 cores the total cannot be below cpu / 2)
 STAGES = ("calibration", "decode_preprocess", "network", "postprocess", "publish", "total", "cpu")
 GOAL_GPU_MS = 10.0
+PREPS = ("tables", "pytorch")  # per-calibration work of the emulated backend (NoopRunner)
 OFFSETS_S = np.array([30, 0, 10, 40, 25, 15]) * 1e-3  # per-camera stamp offsets inside a sweep (nuScenes-like)
 
 
 class NoopRunner(Runner):
     """A runner whose network does nothing: ``infer`` leaves a fixed label grid (and zero centre maps) in the
     outputs. On CUDA it keeps a device input tensor (``device_image``) and copies the labels device -> host per
-    frame like TorchRunner, so the GPU host path is measured with its real transfers."""
+    frame like TorchRunner, so the GPU host path is measured with its real transfers. Per calibration it does what
+    the emulated backend's runner does: ``prep="tables"`` builds the gather pooling tables as the ONNX Runtime and
+    TensorRT runners do (``pooling.pool_tables_from_indices``; what ``backend: auto`` runs on the CPU and with
+    TensorRT), ``prep="pytorch"`` moves the indices to the device as TorchRunner does."""
 
     backend = "noop"
 
-    def __init__(self, variant, labels: np.ndarray, device: str = "cpu") -> None:
+    def __init__(self, variant, labels: np.ndarray, device: str = "cpu", prep: str = "tables") -> None:
         super().__init__(variant, with_logits=False)
         import torch
 
@@ -77,9 +84,21 @@ class NoopRunner(Runner):
             self._labels_dev = torch.from_numpy(labels.astype(np.int32)).to(self.device)[None]
             self._labels_host = torch.from_numpy(self.outputs[OCC_LABELS])
         self.input_on_device = False
+        if prep not in PREPS:
+            raise ValueError(f"prep: expected one of {PREPS}, got {prep!r}")
+        self.prep = prep
 
     def _prepare(self, pool, mlp_input) -> None:
-        self._pool = pool.to(self.device)  # what TorchRunner does per calibration
+        if self.prep == "tables":  # what OnnxRuntimeRunner / TensorRTRunner do per calibration (then upload)
+            from flashocc_ros.backends.pooling import pool_tables_from_indices
+
+            tables = pool_tables_from_indices(pool, self.variant.depth_bins).as_inputs()
+            if self.device.type == "cuda":
+                import torch
+
+                self._tables = [torch.from_numpy(a).to(self.device) for a in tables.values()]
+        else:
+            self._pool = pool.to(self.device)  # what TorchRunner does per calibration
 
     def _infer(self) -> None:
         if self.device.type == "cuda":
@@ -122,6 +141,7 @@ def run(
     msgs: bool = True,
     jpegs: list[bytes] | None = None,
     subsampling: str = "444",
+    prep: str = "tables",
 ) -> dict:
     """Measure ``frames`` frames after ``warmup``; returns {stage: {median, p95}} in ms plus details."""
     from bench_node import make_jpegs
@@ -143,7 +163,7 @@ def run(
     jpegs = jpegs if jpegs is not None else make_jpegs(1600, 900, 0, subsampling)
     v = get_variant(variant)
     cfg = load_config(overrides={"model": {"variant": v.name, "backend": "pytorch", "device": device}})
-    runner = NoopRunner(v, street_scene(), device)
+    runner = NoopRunner(v, street_scene(), device, prep)
     stages = {k: [] for k in STAGES}
     with OccupancyPipeline(cfg, runner=runner, preprocess_workers=workers) as pipe:
         for i in range(warmup + frames):
@@ -182,6 +202,7 @@ def run(
             "messages_built": build_msgs,
             "occupied_points": int(len(points)),
             "preprocess_workers": workers,
+            "runner_prep": prep,
             "jpeg_kb": [len(j) // 1024 for j in jpegs],
             "load_average": list(os.getloadavg()),
         }
@@ -217,6 +238,7 @@ def compare_with_baseline(args) -> dict:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--package-root", str(root), "--json", str(out)]
                 cmd += ["--variant", args.variant, "--frames", str(args.frames), "--ego-speed", str(args.ego_speed)]
                 cmd += ["--device", args.device, "--workers", str(args.workers), "--subsampling", args.subsampling]
+                cmd += ["--prep", args.prep]
                 cmd += ["--no-msgs"] if args.no_msgs else []
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                 rep = json.loads(out.read_text())
@@ -239,6 +261,13 @@ def main() -> int:
     ap.add_argument("--ego-speed", type=float, default=15.0, help="m/s; 0 = static ego (indices computed once)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--workers", type=int, default=2, help="decode/preprocess threads")
+    ap.add_argument(
+        "--prep",
+        default="tables",
+        choices=PREPS,
+        help="per-calibration work of the emulated backend: tables = ONNX Runtime / TensorRT pooling tables "
+        "(backend auto on the CPU and with TensorRT), pytorch = TorchRunner's",
+    )
     ap.add_argument("--subsampling", default="444", choices=("444", "420"), help="JPEG chroma subsampling")
     ap.add_argument("--no-msgs", action="store_true", help="do not build ROS messages (arrays only)")
     ap.add_argument("--json", default="", help="also write the report here")
@@ -251,12 +280,12 @@ def main() -> int:
         return print_comparison(compare_with_baseline(args), args)
     report = run(
         args.variant, args.frames, 3, args.ego_speed, args.device, args.workers, not args.no_msgs,
-        subsampling=args.subsampling,
+        subsampling=args.subsampling, prep=args.prep,
     )  # fmt: skip
     d = report["details"]
     print(
         f"host overhead per frame, {d['variant']}, {d['device']}, six 1600x900 JPEGs ({args.subsampling}, "
-        f"{np.mean(d['jpeg_kb']):.0f} KB), ego {d['ego_speed_mps']:g} m/s "
+        f"{np.mean(d['jpeg_kb']):.0f} KB), runner prep {d['runner_prep']}, ego {d['ego_speed_mps']:g} m/s "
         f"({d['pool_index_computations']} index computations), no-op network, {d['frames']} frames"
     )
     for k in STAGES:
