@@ -2,7 +2,7 @@
 
     python benchmarks/bench_host.py [--variant flashocc-r50-M0] [--frames 30] [--ego-speed 15] [--device cpu|cuda]
                                     [--workers 2] [--prep tables|pytorch] [--subsampling 444|420] [--no-msgs]
-                                    [--json OUT.json] [--baseline REV [--rounds 4]]
+                                    [--json OUT.json] [--sequential] [--ab | --baseline REV] [--rounds 4]
 
 What a frame costs besides the network once the network runs at GPU speed (FlashOcc M0 TensorRT fp16: ~5 ms on
 an RTX 3090): six 1600x900 JPEGs (bench_node.py's textured synthetic images: 4:4:4 chroma by default, ~665 KB
@@ -21,6 +21,11 @@ input on the GPU and uses the GPU host path (nvJPEG decode + resize/crop/normali
 ``flashocc_ros.network.gpu_preprocess``) where available; the network output (labels) is copied to the host as the
 real runner does.
 
+As in flashocc_node, the frame's calibration step (pooling indices + the runner's tables) runs while the six
+JPEGs decode (``run_jpeg(calibrate=...)``); its stage time then overlaps the decode's. ``--sequential``
+calibrates before the decode; ``--ab`` alternates both in this process (``--rounds`` runs of ``--frames`` each)
+and prints the ratio.
+
 Reports per-stage medians and p95 (ms) and the total against the goals of issue 17 (<= 35 ms CPU-only,
 <= 10 ms on the GPU path).
 
@@ -35,6 +40,7 @@ the comparison to trust, not two separate runs. REV must have the package's curr
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -142,6 +148,8 @@ def run(
     jpegs: list[bytes] | None = None,
     subsampling: str = "444",
     prep: str = "tables",
+    overlap: bool = True,
+    first_frame: int = 0,
 ) -> dict:
     """Measure ``frames`` frames after ``warmup``; returns {stage: {median, p95}} in ms plus details."""
     from bench_node import make_jpegs
@@ -166,13 +174,24 @@ def run(
     runner = NoopRunner(v, street_scene(), device, prep)
     stages = {k: [] for k in STAGES}
     with OccupancyPipeline(cfg, runner=runner, preprocess_workers=workers) as pipe:
+        # a package revision without run_jpeg(calibrate=...) (--baseline) calibrates before the decode
+        overlap = overlap and "calibrate" in inspect.signature(pipe.run_jpeg).parameters
         for i in range(warmup + frames):
             c0 = time.process_time()
             t0 = time.perf_counter()
-            calib = moving_calibration(i, ego_speed) if ego_speed > 0 else reference_rig()
-            pipe.set_calibration(calib)
-            t1 = time.perf_counter()
-            result = pipe.run_jpeg(jpegs)
+            calib = moving_calibration(first_frame + i, ego_speed) if ego_speed > 0 else reference_rig()
+            calib_ms: list[float] = []
+
+            def calibrate(calib=calib, calib_ms=calib_ms) -> None:
+                c = time.perf_counter()
+                pipe.set_calibration(calib)
+                calib_ms.append((time.perf_counter() - c) * 1e3)
+
+            if overlap:  # as flashocc_node does: the calibration step runs while the six JPEGs decode
+                result = pipe.run_jpeg(jpegs, calibrate=calibrate)
+            else:
+                calibrate()
+                result = pipe.run_jpeg(jpegs)
             t2 = time.perf_counter()
             points = occupied_points(result.semantic, result.panoptic)
             if build_msgs:
@@ -184,7 +203,7 @@ def run(
             if i < warmup:
                 continue
             tm = result.timings_ms
-            stages["calibration"].append((t1 - t0) * 1e3)
+            stages["calibration"].append(calib_ms[0])
             stages["decode_preprocess"].append(tm["decode"] + tm["preprocess"])
             stages["network"].append(tm["inference"])
             stages["postprocess"].append(tm["postprocess"])
@@ -203,6 +222,7 @@ def run(
             "occupied_points": int(len(points)),
             "preprocess_workers": workers,
             "runner_prep": prep,
+            "calibration_overlaps_decode": overlap,
             "jpeg_kb": [len(j) // 1024 for j in jpegs],
             "load_average": list(os.getloadavg()),
         }
@@ -273,14 +293,25 @@ def main() -> int:
     ap.add_argument("--json", default="", help="also write the report here")
     ap.add_argument("--baseline", default="", help="git revision to compare with (alternating fresh processes)")
     ap.add_argument("--rounds", type=int, default=4, help="with --baseline: rounds of --frames frames each")
+    ap.add_argument(
+        "--sequential", action="store_true", help="calibrate before the decode (default: during it, as the node)"
+    )
+    ap.add_argument(
+        "--ab",
+        action="store_true",
+        help="compare calibrating during the decode with calibrating before it: --rounds alternating runs of "
+        "--frames frames each in this process",
+    )
     ap.add_argument("--package-root", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.baseline:
         return print_comparison(compare_with_baseline(args), args)
+    if args.ab:
+        return print_comparison(compare_overlap(args), args)
     report = run(
         args.variant, args.frames, 3, args.ego_speed, args.device, args.workers, not args.no_msgs,
-        subsampling=args.subsampling, prep=args.prep,
+        subsampling=args.subsampling, prep=args.prep, overlap=not args.sequential,
     )  # fmt: skip
     d = report["details"]
     print(
@@ -299,11 +330,37 @@ def main() -> int:
     return 0
 
 
+def compare_overlap(args) -> dict:
+    """Alternating runs in this process: calibration before the decode ("baseline") and during it ("current")."""
+    samples = {"baseline": {k: [] for k in STAGES}, "current": {k: [] for k in STAGES}}
+    details = {}
+    for r in range(args.rounds):
+        order = [("baseline", False), ("current", True)]
+        for name, overlap in order if r % 2 == 0 else order[::-1]:
+            first = (2 * r + overlap) * (args.frames + 3)  # poses never repeat: no cache helps either run
+            rep = run(
+                args.variant, args.frames, 3, args.ego_speed, args.device, args.workers, not args.no_msgs,
+                subsampling=args.subsampling, prep=args.prep, overlap=overlap, first_frame=first,
+            )  # fmt: skip
+            for k in STAGES:
+                samples[name][k].extend(rep["samples"][k])
+            details[name] = rep["details"]
+    result = {}
+    for name in ("baseline", "current"):
+        result[name] = {k: percentiles(v) for k, v in samples[name].items()}
+        result[name]["details"] = details[name]
+    result["ratio"] = {k: result["baseline"][k]["median"] / max(result["current"][k]["median"], 1e-9) for k in STAGES}
+    result["revision"] = "calibration before the decode (--sequential)"
+    return result
+
+
 def print_comparison(result: dict, args) -> int:
     d = result["current"]["details"]
     print(
         f"host overhead per frame, {d['variant']}, {d['device']}, ego {d['ego_speed_mps']:g} m/s, no-op network: "
-        f"baseline {result['revision']} vs this checkout, {args.rounds} alternating rounds of {args.frames} frames"
+        f"baseline: {result['revision']} vs this checkout (calibration during the decode: "
+        f"{result['current']['details'].get('calibration_overlaps_decode')}), {args.rounds} alternating rounds of "
+        f"{args.frames} frames"
     )
     print(f"  {'stage':<18}  {'baseline median / p95':>24}  {'current median / p95':>24}  ratio")
     for k in STAGES:

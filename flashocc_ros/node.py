@@ -329,6 +329,8 @@ class FlashOccNode(Node):
         run = self.pipeline.run_jpeg if compressed else self.pipeline.run
         if self.temporal:  # the history is chosen by the set's (key camera's) stamp, in seconds
             run = partial(run, calib=calib, stamp=s.stamp_ns * 1e-9)
+        elif compressed:  # the pooling indices of a moving vehicle are computed while the six JPEGs decode
+            run = partial(run, calibrate=partial(self._apply_calibration, calib))
         else:
             self._apply_calibration(calib)
         result = convert.run_on_jpegs(run, inputs, image_topics) if compressed else run(inputs)

@@ -9,7 +9,7 @@ decode -> preprocess -> network -> postprocess (labels; for PT/PF center decodin
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,18 +105,26 @@ def images_into(batch, images, out: np.ndarray, image_hw) -> dict[str, float]:
     return {"decode": 0.0, "preprocess": times["decode"] + times["preprocess"]}
 
 
-def check_jpegs(jpegs: Sequence[bytes], image_hw) -> list:
-    """Six JPEG byte strings whose headers give the calibration's source size ``image_hw``."""
+def jpeg_headers(jpegs: Sequence[bytes]) -> tuple[list, list[tuple[int, int]]]:
+    """Six JPEG byte strings and the (H, W) their headers give."""
     from flashocc_ros.network.preprocess import jpeg_size
 
     jpegs = check_six(jpegs, "jpegs")
+    sizes = []
     for i, data in enumerate(jpegs):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): expected bytes, got {type(data).__name__}")
         try:
-            hw = jpeg_size(bytes(data))
+            sizes.append(jpeg_size(bytes(data)))
         except (ValueError, OSError, RuntimeError) as exc:
             raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG ({exc})") from exc
+    return jpegs, sizes
+
+
+def check_jpegs(jpegs: Sequence[bytes], image_hw) -> list:
+    """Six JPEG byte strings whose headers give the calibration's source size ``image_hw``."""
+    jpegs, sizes = jpeg_headers(jpegs)
+    for i, hw in enumerate(sizes):
         check_image_size(i, hw, image_hw)
     return jpegs
 
@@ -124,10 +132,15 @@ def check_jpegs(jpegs: Sequence[bytes], image_hw) -> list:
 def jpegs_into(batch, jpegs, out: np.ndarray, exact: bool = False) -> dict[str, float]:
     """Six checked JPEGs (``check_jpegs``) decoded + preprocessed into ``out`` on ``batch``: fast path (DCT-scaled
     decode + OpenCV) or ``exact`` (Pillow decode + the official resize/crop/normalise); decode / preprocess ms."""
+    return wait_for_jpegs(batch.start_jpegs(jpegs, out, exact=exact))
+
+
+def wait_for_jpegs(pending) -> dict[str, float]:
+    """``pending.wait()`` of a ``BatchPreprocessor.start_jpegs`` batch, a failing image named as a PipelineError."""
     from flashocc_ros.network.preprocess import BatchItemError
 
     try:
-        return batch.jpegs_into(jpegs, out, exact=exact)
+        return pending.wait()
     except BatchItemError as exc:
         i = exc.index
         raise PipelineError(f"jpegs[{i}] ({CAMERA_NAMES[i]}): cannot decode JPEG ({exc.error})") from exc.error
@@ -198,28 +211,62 @@ class OccupancyPipeline:
         already preprocessed (6, 3, 256, 704) float32 array."""
         return self._infer_and_postprocess(self.load_images(images))
 
-    def run_jpeg(self, jpegs: Sequence[bytes], exact: bool = False) -> OccupancyResult:
+    def run_jpeg(
+        self, jpegs: Sequence[bytes], exact: bool = False, calibrate: Callable[[], object] | None = None
+    ) -> OccupancyResult:
         """Six JPEG images (CAMERA_NAMES order). Fast path (default): DCT-scaled decode (``decode``) + OpenCV
         resize/crop/normalise (``preprocess``). ``exact=True``: Pillow decode (``decode``) + the official
         resize/crop/normalise (``preprocess``), bit-identical to ``run`` on the decoded images. The six images are
-        processed in parallel (``preprocess_workers``) straight into the network's input buffer."""
-        return self._infer_and_postprocess(self.load_jpegs(jpegs, exact))
+        processed in parallel (``preprocess_workers``) straight into the network's input buffer.
+
+        ``calibrate``: the frame's calibration step (e.g. ``lambda: pipe.set_calibration(calib)``), run on this
+        thread while the worker threads decode, so that a moving vehicle's per-frame pooling indices cost no wall
+        time beyond the decode where cores allow; the JPEG sizes are checked against the calibration in force
+        after it. Its exception is raised once the decode has finished (the input buffer is never left being
+        written)."""
+        return self._infer_and_postprocess(self.load_jpegs(jpegs, exact, calibrate))
 
     def load_images(self, images) -> dict[str, float]:
         """Preprocess ``images`` (see ``run``) into the runner's input buffer; returns decode/preprocess times."""
         self._require_calibration()
         return images_into(self._batch, images, self.runner.image, self._image_hw())
 
-    def load_jpegs(self, jpegs: Sequence[bytes], exact: bool = False) -> dict[str, float]:
-        """Decode + preprocess six JPEGs (see ``run_jpeg``) into the runner's input buffer, in parallel on
-        ``preprocess_workers`` threads; returns the decode / preprocess times (wall time of the six, split in
-        proportion to the per-image stage times)."""
-        self._require_calibration()
-        jpegs = check_jpegs(jpegs, self._image_hw())
-        if self.gpu_jpeg and not exact:
+    def load_jpegs(
+        self, jpegs: Sequence[bytes], exact: bool = False, calibrate: Callable[[], object] | None = None
+    ) -> dict[str, float]:
+        """Decode + preprocess six JPEGs (see ``run_jpeg``, also for ``calibrate``) into the runner's input
+        buffer, in parallel on ``preprocess_workers`` threads; returns the decode / preprocess times (wall time of
+        the six, split in proportion to the per-image stage times)."""
+        if calibrate is None:
+            self._require_calibration()
+            jpegs = check_jpegs(jpegs, self._image_hw())
+        else:
+            jpegs, sizes = jpeg_headers(jpegs)
+        if self.gpu_jpeg and not exact:  # the decode runs on the GPU: calibrate first, nothing to overlap here
+            if calibrate is not None:
+                calibrate()
+                self._check_sizes(sizes)
             return self._load_jpegs_gpu(jpegs)
         self.last_jpeg_path = "cpu"
-        return jpegs_into(self._batch, jpegs, self.runner.image, exact=exact)
+        if calibrate is None:
+            return jpegs_into(self._batch, jpegs, self.runner.image, exact=exact)
+        pending = self._batch.start_jpegs(jpegs, self.runner.image, exact=exact)
+        try:
+            calibrate()
+        except BaseException:
+            try:
+                pending.wait()  # let the workers finish writing the input buffer; the calibration error wins
+            except Exception:  # a decode error of this frame is secondary to the calibration error
+                pass
+            raise
+        times = wait_for_jpegs(pending)
+        self._check_sizes(sizes)
+        return times
+
+    def _check_sizes(self, sizes) -> None:
+        self._require_calibration()
+        for i, hw in enumerate(sizes):
+            check_image_size(i, hw, self._image_hw())
 
     # -- GPU host path ---------------------------------------------------------------------------------------
     def _gpu_jpeg_choice(self, wanted: bool | None) -> tuple[bool, str]:

@@ -361,6 +361,28 @@ def auto_workers() -> int:
     return max(1, min(len(CAMERA_NAMES), cores))
 
 
+class PendingBatch:
+    """A batch handed to ``BatchPreprocessor``'s threads (``start_jpegs``); ``wait()`` returns its times."""
+
+    def __init__(self, t0: float, items: list) -> None:
+        self._t0 = t0
+        self._items = items  # futures, or results when the batch ran inline
+
+    def wait(self) -> dict[str, float]:
+        """Block until every image is done; ``{"decode", "preprocess"}`` ms: the batch's wall time (start to the
+        last image's end, not to this call) split in proportion to the summed per-image stage times. Raises
+        ``BatchItemError`` for the lowest failing index."""
+        results = [item.result() if hasattr(item, "result") else item for item in self._items]
+        wall = max((end for _, end in results), default=self._t0) - self._t0
+        errors = [r for r, _ in results if isinstance(r, BatchItemError)]
+        if errors:
+            raise errors[0]
+        decode = sum(r[0] for r, _ in results)
+        busy = decode + sum(r[1] for r, _ in results)
+        decode_ms = wall * 1e3 * (decode / busy if busy > 0 else 0.0)
+        return {"decode": decode_ms, "preprocess": wall * 1e3 - decode_ms}
+
+
 class BatchPreprocessor:
     """Decode + preprocess a batch of camera images into a preallocated (K, 3, 256, 704) float32 buffer, one image
     per task on a small persistent thread pool.
@@ -382,37 +404,36 @@ class BatchPreprocessor:
         """Fast path (default) or exact path for each JPEG into ``out[i]``; returns ``{"decode", "preprocess"}`` ms
         (wall time of the batch, split in proportion to the summed per-image decode and preprocess times).
         Raises ``BatchItemError`` for the lowest failing index."""
-        return self._run([(_jpeg_item, (bytes(data), out[i], exact)) for i, data in enumerate(jpegs)])
+        return self.start_jpegs(jpegs, out, exact).wait()
+
+    def start_jpegs(self, jpegs, out: np.ndarray, exact: bool = False) -> PendingBatch:
+        """``jpegs_into`` handed to the worker threads without waiting: the caller does other work meanwhile and
+        then calls ``wait()`` (the times and errors of ``jpegs_into``). With one worker it runs here and now."""
+        return self._start([(_jpeg_item, (bytes(data), out[i], exact)) for i, data in enumerate(jpegs)])
 
     def images_into(self, images, out: np.ndarray) -> dict[str, float]:
         """Exact path (``preprocess_image``) for each RGB uint8 image into ``out[i]``."""
         return self._run([(_image_item, (img, out[i])) for i, img in enumerate(images)])
 
     def _run(self, tasks) -> dict[str, float]:
+        return self._start(tasks).wait()
+
+    def _start(self, tasks) -> PendingBatch:
         t0 = time.perf_counter()
         if self.workers == 1 or len(tasks) <= 1:
-            results = [self._call(i, fn, args) for i, (fn, args) in enumerate(tasks)]
-        else:
-            pool = self._executor()
-            futures = [pool.submit(self._call, i, fn, args) for i, (fn, args) in enumerate(tasks)]
-            results = [f.result() for f in futures]  # waits for all, in order; a failure raises below
-        wall = time.perf_counter() - t0
-        errors = [r for r in results if isinstance(r, BatchItemError)]
-        if errors:
-            raise errors[0]
-        decode = sum(r[0] for r in results)
-        busy = decode + sum(r[1] for r in results)
-        decode_ms = wall * 1e3 * (decode / busy if busy > 0 else 0.0)
-        return {"decode": decode_ms, "preprocess": wall * 1e3 - decode_ms}
+            return PendingBatch(t0, [self._call(i, fn, args) for i, (fn, args) in enumerate(tasks)])
+        pool = self._executor()
+        return PendingBatch(t0, [pool.submit(self._call, i, fn, args) for i, (fn, args) in enumerate(tasks)])
 
     @staticmethod
     def _call(index: int, fn, args):
+        """(the task's (decode s, preprocess s) or its BatchItemError, the time it ended)."""
         try:
-            return fn(*args)
+            return fn(*args), time.perf_counter()
         except (ValueError, OSError, RuntimeError) as exc:
             err = BatchItemError(index, exc)
             err.__cause__ = exc
-            return err
+            return err, time.perf_counter()
 
     def _executor(self):
         with self._lock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -129,6 +131,60 @@ def test_parallel_jpeg_loading_equals_the_sequential_fast_path(m0_pipeline):
     three._batch.close()
     with pytest.raises(ValueError, match="workers: expected >= 1, or 0 for auto, got -1"):
         OccupancyPipeline(pipe.cfg, runner=pipe.runner, preprocess_workers=-1)
+
+
+def test_calibration_step_runs_while_the_jpegs_decode(m0_pipeline, monkeypatch):
+    """run_jpeg(calibrate=...) (what the node does on a moving vehicle): the same answer as calibrating first,
+    with the calibration step running on the calling thread while the worker threads are still decoding."""
+    import threading
+
+    import simplejpeg
+
+    from flashocc_ros.network import preprocess
+
+    pipe = m0_pipeline
+    jpegs = [simplejpeg.encode_jpeg(img, quality=90, colorspace="RGB") for img in smooth_images(seed=5)]
+    pipe.set_calibration(reference_rig())
+    moved = moved_rig(0.7)
+    pipe.set_calibration(moved)
+    expected = pipe.run_jpeg(jpegs).semantic.copy()
+    pipe.set_calibration(reference_rig())
+
+    events: list[tuple[str, float, int]] = []
+    decode = preprocess._jpeg_item
+
+    def recorded_decode(*args):
+        events.append(("decode start", time.perf_counter(), threading.get_ident()))
+        try:
+            return decode(*args)
+        finally:
+            events.append(("decode end", time.perf_counter(), threading.get_ident()))
+
+    def calibrate():
+        events.append(("calibrate", time.perf_counter(), threading.get_ident()))
+        pipe.set_calibration(moved)
+
+    monkeypatch.setattr(preprocess, "_jpeg_item", recorded_decode)
+    result = pipe.run_jpeg(jpegs, calibrate=calibrate)
+    np.testing.assert_array_equal(result.semantic, expected)
+    assert pipe.calibration is moved
+    calls = [e for e in events if e[0] == "calibrate"]
+    ends = [t for name, t, _ in events if name == "decode end"]
+    assert len(calls) == 1 and len(ends) == 6
+    assert calls[0][2] == threading.get_ident() and calls[0][1] < max(ends)  # this thread, during the decode
+    assert {tid for name, _, tid in events if name == "decode start"} != {threading.get_ident()}
+
+    def broken():
+        raise ValueError("calibration puts no frustum point inside the BEV grid")
+
+    events.clear()
+    with pytest.raises(ValueError, match="no frustum point"):  # the calibration's error, after the decode
+        pipe.run_jpeg(jpegs, calibrate=broken)
+    assert len([e for e in events if e[0] == "decode end"]) == 6
+    small = simplejpeg.encode_jpeg(np.zeros((450, 800, 3), np.uint8), colorspace="RGB")
+    with pytest.raises(PipelineError, match=r"images\[0\] \(CAM_FRONT_LEFT\): size 800x450 differs"):
+        pipe.run_jpeg([small] + jpegs[1:], calibrate=calibrate)  # sizes checked against the new calibration
+    np.testing.assert_array_equal(pipe.run_jpeg(jpegs, calibrate=calibrate).semantic, expected)
 
 
 def test_bad_inputs_are_named(m0_pipeline, tmp_path_factory):

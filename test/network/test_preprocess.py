@@ -119,6 +119,11 @@ def test_batch_preprocessor_equals_the_sequential_paths(six_jpegs):
         np.testing.assert_array_equal(out, expected_fast)
         assert set(times) == {"decode", "preprocess"} and times["decode"] > 0 and times["preprocess"] > 0
         out[:] = np.nan
+        pending = batch.start_jpegs(six_jpegs, out)  # handed to the threads; the caller may work meanwhile
+        times = pending.wait()
+        np.testing.assert_array_equal(out, expected_fast)
+        assert times["decode"] > 0 and times["preprocess"] > 0
+        out[:] = np.nan
         batch.jpegs_into(six_jpegs, out, exact=True)
         np.testing.assert_array_equal(out, expected_exact)
         batch.close()

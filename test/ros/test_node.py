@@ -922,9 +922,11 @@ class RecordingPipeline:
         self.calibrations.append(calib)
         return True
 
-    def run_jpeg(self, jpegs):
+    def run_jpeg(self, jpegs, calibrate=None):
         from types import SimpleNamespace
 
+        if calibrate is not None:  # the node's calibration step for the set (OccupancyPipeline: during the decode)
+            calibrate()
         grid = np.full(OCC_GRID.shape, FREE_INDEX, np.uint8)
         return SimpleNamespace(semantic=grid, panoptic=None, instances=None, timings_ms={})
 
