@@ -249,28 +249,38 @@ def compare_with_baseline(args) -> dict:
         archive_path.write_bytes(archive)
         with tarfile.open(archive_path) as tar:
             tar.extractall(base_root, filter="data")
-        samples = {"baseline": {k: [] for k in STAGES}, "current": {k: [] for k in STAGES}}
-        details = {}
-        for r in range(args.rounds):
-            order = [("baseline", base_root), ("current", REPO)]
-            for name, root in order if r % 2 == 0 else order[::-1]:
-                out = Path(tmp) / f"{name}_{r}.json"
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--package-root", str(root), "--json", str(out)]
-                cmd += ["--variant", args.variant, "--frames", str(args.frames), "--ego-speed", str(args.ego_speed)]
-                cmd += ["--device", args.device, "--workers", str(args.workers), "--subsampling", args.subsampling]
-                cmd += ["--prep", args.prep]
-                cmd += ["--no-msgs"] if args.no_msgs else []
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-                rep = json.loads(out.read_text())
-                for k in STAGES:
-                    samples[name][k].extend(rep["samples"][k])
-                details[name] = rep["details"]
+
+        def measure(name: str, r: int) -> dict:
+            out = Path(tmp) / f"{name}_{r}.json"
+            root = base_root if name == "baseline" else REPO
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--package-root", str(root), "--json", str(out)]
+            cmd += ["--variant", args.variant, "--frames", str(args.frames), "--ego-speed", str(args.ego_speed)]
+            cmd += ["--device", args.device, "--workers", str(args.workers), "--subsampling", args.subsampling]
+            cmd += ["--prep", args.prep]
+            cmd += ["--no-msgs"] if args.no_msgs else []
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            return json.loads(out.read_text())
+
+        return alternate(args.rounds, measure, args.baseline)
+
+
+def alternate(rounds: int, measure, label: str) -> dict:
+    """``measure(name, round)`` -> a run's report for "baseline" and "current", in alternating order per round;
+    returns both (medians and p95 over all their frames) and the ratio baseline / current per stage."""
+    samples = {"baseline": {k: [] for k in STAGES}, "current": {k: [] for k in STAGES}}
+    details = {}
+    for r in range(rounds):
+        for name in ("baseline", "current") if r % 2 == 0 else ("current", "baseline"):
+            rep = measure(name, r)
+            for k in STAGES:
+                samples[name][k].extend(rep["samples"][k])
+            details[name] = rep["details"]
     result = {}
     for name in ("baseline", "current"):
         result[name] = {k: percentiles(v) for k, v in samples[name].items()}
         result[name]["details"] = details[name]
     result["ratio"] = {k: result["baseline"][k]["median"] / max(result["current"][k]["median"], 1e-9) for k in STAGES}
-    result["revision"] = args.baseline
+    result["revision"] = label
     return result
 
 
@@ -332,26 +342,16 @@ def main() -> int:
 
 def compare_overlap(args) -> dict:
     """Alternating runs in this process: calibration before the decode ("baseline") and during it ("current")."""
-    samples = {"baseline": {k: [] for k in STAGES}, "current": {k: [] for k in STAGES}}
-    details = {}
-    for r in range(args.rounds):
-        order = [("baseline", False), ("current", True)]
-        for name, overlap in order if r % 2 == 0 else order[::-1]:
-            first = (2 * r + overlap) * (args.frames + 3)  # poses never repeat: no cache helps either run
-            rep = run(
-                args.variant, args.frames, 3, args.ego_speed, args.device, args.workers, not args.no_msgs,
-                subsampling=args.subsampling, prep=args.prep, overlap=overlap, first_frame=first,
-            )  # fmt: skip
-            for k in STAGES:
-                samples[name][k].extend(rep["samples"][k])
-            details[name] = rep["details"]
-    result = {}
-    for name in ("baseline", "current"):
-        result[name] = {k: percentiles(v) for k, v in samples[name].items()}
-        result[name]["details"] = details[name]
-    result["ratio"] = {k: result["baseline"][k]["median"] / max(result["current"][k]["median"], 1e-9) for k in STAGES}
-    result["revision"] = "calibration before the decode (--sequential)"
-    return result
+
+    def measure(name: str, r: int) -> dict:
+        overlap = name == "current"
+        first = (2 * r + overlap) * (args.frames + 3)  # poses never repeat: no cache helps either run
+        return run(
+            args.variant, args.frames, 3, args.ego_speed, args.device, args.workers, not args.no_msgs,
+            subsampling=args.subsampling, prep=args.prep, overlap=overlap, first_frame=first,
+        )  # fmt: skip
+
+    return alternate(args.rounds, measure, "calibration before the decode (--sequential)")
 
 
 def print_comparison(result: dict, args) -> int:
