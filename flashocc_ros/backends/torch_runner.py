@@ -33,6 +33,19 @@ def torch_device(device: str) -> torch.device:
     return dev
 
 
+def _per_operator_precision() -> bool:
+    """torch >= 2.9: per-operator ``fp32_precision`` settings (else only the boolean TF32 switches)."""
+    return hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
+
+
+def fp32_precision_settings() -> dict:
+    """The process's current float32 precision settings of cuDNN convolutions and CUDA matrix products."""
+    backends = torch.backends
+    if _per_operator_precision():
+        return {"cudnn_conv": backends.cudnn.conv.fp32_precision, "cuda_matmul": backends.cuda.matmul.fp32_precision}
+    return {"cudnn_allow_tf32": backends.cudnn.allow_tf32, "matmul_allow_tf32": backends.cuda.matmul.allow_tf32}
+
+
 @contextmanager
 def ieee_fp32(device: torch.device, enabled: bool = True) -> Iterator[None]:
     """Float32 convolutions and matrix products in IEEE float32 on a CUDA ``device`` while inside, as on the CPU.
@@ -46,9 +59,8 @@ def ieee_fp32(device: torch.device, enabled: bool = True) -> Iterator[None]:
     if device.type != "cuda" or not enabled:
         yield
         return
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9: per-operator precision settings
-        matmul = torch.backends.cuda.matmul
+    if _per_operator_precision():
+        conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
         saved = (conv.fp32_precision, matmul.fp32_precision)
         conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
         try:

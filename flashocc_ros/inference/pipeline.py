@@ -121,11 +121,16 @@ def jpeg_headers(jpegs: Sequence[bytes]) -> tuple[list, list[tuple[int, int]]]:
     return jpegs, sizes
 
 
+def check_image_sizes(sizes, image_hw) -> None:
+    """Every image's (H, W) in ``sizes`` must be the calibration's source size ``image_hw``."""
+    for i, hw in enumerate(sizes):
+        check_image_size(i, hw, image_hw)
+
+
 def check_jpegs(jpegs: Sequence[bytes], image_hw) -> list:
     """Six JPEG byte strings whose headers give the calibration's source size ``image_hw``."""
     jpegs, sizes = jpeg_headers(jpegs)
-    for i, hw in enumerate(sizes):
-        check_image_size(i, hw, image_hw)
+    check_image_sizes(sizes, image_hw)
     return jpegs
 
 
@@ -239,17 +244,17 @@ class OccupancyPipeline:
         the six, split in proportion to the per-image stage times)."""
         if calibrate is None:
             self._require_calibration()
-            jpegs = check_jpegs(jpegs, self._image_hw())
-        else:
-            jpegs, sizes = jpeg_headers(jpegs)
-        if self.gpu_jpeg and not exact:  # the decode runs on the GPU: calibrate first, nothing to overlap here
+        jpegs, sizes = jpeg_headers(jpegs)
+        gpu = self.gpu_jpeg and not exact
+        if calibrate is None or gpu:  # nothing to overlap (on the GPU path the decode is not on these cores)
             if calibrate is not None:
                 calibrate()
-                self._check_sizes(sizes)
-            return self._load_jpegs_gpu(jpegs)
-        self.last_jpeg_path = "cpu"
-        if calibrate is None:
+            self._check_sizes(sizes)
+            if gpu:
+                return self._load_jpegs_gpu(jpegs)
+            self.last_jpeg_path = "cpu"
             return jpegs_into(self._batch, jpegs, self.runner.image, exact=exact)
+        self.last_jpeg_path = "cpu"
         pending = self._batch.start_jpegs(jpegs, self.runner.image, exact=exact)
         try:
             calibrate()
@@ -265,8 +270,7 @@ class OccupancyPipeline:
 
     def _check_sizes(self, sizes) -> None:
         self._require_calibration()
-        for i, hw in enumerate(sizes):
-            check_image_size(i, hw, self._image_hw())
+        check_image_sizes(sizes, self._image_hw())
 
     # -- GPU host path ---------------------------------------------------------------------------------------
     def _gpu_jpeg_choice(self, wanted: bool | None) -> tuple[bool, str]:

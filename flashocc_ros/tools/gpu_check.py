@@ -160,14 +160,6 @@ def _variant(name: str):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _fp32_precision_defaults(torch) -> dict:
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        return {"cudnn_conv": conv.fp32_precision, "cuda_matmul": torch.backends.cuda.matmul.fp32_precision}
-    backends = torch.backends
-    return {"cudnn_allow_tf32": backends.cudnn.allow_tf32, "matmul_allow_tf32": backends.cuda.matmul.allow_tf32}
-
-
 def section_environment(chk: Check | None, device: str) -> dict:
     def version(module: str) -> str | None:
         try:
@@ -178,6 +170,7 @@ def section_environment(chk: Check | None, device: str) -> dict:
 
     import torch
 
+    from flashocc_ros.backends.torch_runner import fp32_precision_settings
     from flashocc_ros.network.gpu_preprocess import torchvision_decoder
     from flashocc_ros.network.preprocess import simplejpeg_available
 
@@ -202,7 +195,7 @@ def section_environment(chk: Check | None, device: str) -> dict:
         "carried": [s for s in os.environ.get("FLASHOCC_CARRIED", "").split(":") if s],
         # PyTorch's process defaults (TF32 for cuDNN float32 convolutions); fp32 forwards switch TF32 off inside
         # (backends.torch_runner.ieee_fp32), so the parity section measures IEEE float32
-        "fp32_precision_defaults": _fp32_precision_defaults(torch),
+        "fp32_precision_defaults": fp32_precision_settings(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "cpu_count": os.cpu_count(),
     }
